@@ -1,0 +1,50 @@
+"""From samples to the normalised tensors every method's ``predict`` takes.
+
+All methods resize the full image to a square (no aspect ratio kept, no crop) as April-GAN, SOWA and
+anomalib's WinCLIP do (spec april_gan_winclip_peers §1.1, sowa §1.1); masks are resized bilinearly
+and thresholded at 0.5 (sowa §3.1, datasets_metrics §3.3).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sowa_lib.data.sample import Sample
+
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def image_to_tensor(image: np.ndarray, size: int, normalization: str = "clip") -> torch.Tensor:
+    """RGB uint8 ``[H, W, 3]`` -> normalised float ``[3, size, size]`` (bicubic, antialiased)."""
+    mean, std = NORMALIZATION[normalization]
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    x = x.clamp(0.0, 1.0)[0]
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def mask_to_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
+    """Boolean ``[H, W]`` -> boolean ``[size, size]``: bilinear resize, then ``> 0.5``."""
+    x = torch.from_numpy(mask.astype(np.float32))[None, None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x[0, 0] > 0.5
+
+
+def load_images(samples: Sequence[Sample], size: int, normalization: str = "clip") -> torch.Tensor:
+    """``[N, 3, size, size]`` normalised images of ``samples``."""
+    if not samples:
+        return torch.empty(0, 3, size, size)
+    return torch.stack([image_to_tensor(s.read_image(), size, normalization) for s in samples])
+
+
+def load_masks(samples: Sequence[Sample], size: int) -> torch.Tensor:
+    """``[N, size, size]`` boolean ground-truth masks of ``samples``."""
+    if not samples:
+        return torch.empty(0, size, size, dtype=torch.bool)
+    return torch.stack([mask_to_tensor(s.read_mask(), size) for s in samples])

@@ -1,0 +1,47 @@
+"""Method registry: ``build(name, profile=..., **overrides)`` (timm-style, one factory).
+
+Modules are imported lazily so that building one method never imports the others' heavy
+dependencies.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from sowa_lib.methods.base import AnomalyMethod, Prediction
+
+_REGISTRY: dict[str, str] = {
+    "winclip": "sowa_lib.methods.winclip:WinCLIP",
+    "april_gan": "sowa_lib.methods.april_gan:AprilGAN",
+    "sowa": "sowa_lib.methods.sowa:SOWA",
+    "agpnet": "sowa_lib.methods.agpnet:AGPNet",
+    "spade": "sowa_lib.methods.baselines:SPADE",
+    "padim": "sowa_lib.methods.baselines:PaDiM",
+    "patchcore": "sowa_lib.methods.baselines:PatchCore",
+}
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[AnomalyMethod]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())}")
+    module_name, class_name = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build(name: str, profile: str | None = None, **overrides: Any) -> AnomalyMethod:
+    """Build method ``name`` with its ``profile`` defaults (``"demo"``/``"paper"``) and ``overrides``.
+
+    ``profile=None`` and ``"paper"`` both give the reference-implementation defaults.
+    """
+    cls = method_class(name)
+    options = {**cls.profiles.get(profile or "paper", {}), **overrides}
+    method = cls(**options)
+    method._config = {"method": name, "profile": profile or "paper", **options}
+    return method
+
+
+__all__ = ["AnomalyMethod", "Prediction", "available", "build", "method_class"]
