@@ -1,0 +1,230 @@
+"""The runner: dataset -> method -> prediction -> metrics -> results store.
+
+``run_plan`` computes every missing run of one method configuration over datasets, categories,
+shots and seeds, reusing what the store already holds (an interrupted sweep resumes), training or
+loading the method's checkpoint once per training set, and giving every method the same K-shot
+reference files for the same (dataset, category, K, seed).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from sowa_lib import data, methods, runs
+from sowa_lib.data.references import draw_references
+from sowa_lib.data.sample import Sample
+from sowa_lib.data.transforms import load_images, load_masks
+from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.profiles import Profile
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One method configuration swept over datasets × categories × shots × seeds.
+
+    ``setting`` is ``zero_shot`` (shots must be 0), ``few_shot``, ``multi_class`` or ``one_class``.
+    ``variant`` names a non-default configuration given by ``overrides`` (ablations, fidelity
+    switches); ``"default"`` is the method's reference-implementation configuration.
+    """
+
+    method: str
+    setting: str
+    datasets: tuple[str, ...]
+    shots: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0,)
+    variant: str = "default"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    categories: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.setting == "zero_shot" and set(self.shots) != {0}:
+            raise ValueError("zero_shot runs use shots=(0,)")
+        if self.variant == "default" and self.overrides:
+            raise ValueError("give a variant name to runs with overrides")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename (never a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def expand(plan: Plan, profile: Profile, categories: dict[str, list[str]]) -> list[runs.RunSpec]:
+    """Every run of ``plan``; zero-shot and unsupervised runs without references use seed 0 only
+    unless the method trains (then each seed is a separate training)."""
+    specs = []
+    for dataset in plan.datasets:
+        for category in plan.categories or categories[dataset]:
+            for shots in plan.shots:
+                seeds = plan.seeds if shots > 0 or plan.setting in ("multi_class", "one_class") else (0,)
+                for seed in seeds:
+                    specs.append(runs.RunSpec(profile.name, dataset, category, plan.method, plan.setting, shots, seed, plan.variant))
+    return specs
+
+
+class _SampleCache:
+    """Samples and preprocessed tensors, loaded once per sweep."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._samples: dict[tuple[str, str, str], list[Sample]] = {}
+        self._tensors: dict[tuple, torch.Tensor] = {}
+
+    def samples(self, dataset: str, category: str | None, split: str) -> list[Sample]:
+        key = (dataset, category or "*", split)
+        if key not in self._samples:
+            ref = self.profile.datasets[dataset]
+            self._samples[key] = data.load(ref.loader, ref.root, category, split)
+        return self._samples[key]
+
+    def images(self, dataset: str, category: str, size: int, normalization: str) -> torch.Tensor:
+        key = ("img", dataset, category, size, normalization)
+        if key not in self._tensors:
+            self._tensors[key] = load_images(self.samples(dataset, category, "test"), size, normalization)
+        return self._tensors[key]
+
+    def masks(self, dataset: str, category: str, size: int) -> torch.Tensor:
+        key = ("mask", dataset, category, size)
+        if key not in self._tensors:
+            self._tensors[key] = load_masks(self.samples(dataset, category, "test"), size)
+        return self._tensors[key]
+
+
+def checkpoint_path(profile: Profile, plan: Plan, training_set: str, seed: int) -> Path:
+    """Trained weights of one (method, variant, training set, seed); shared by the zero- and
+    few-shot runs of methods trained on an auxiliary dataset."""
+    return profile.run_dir / "checkpoints" / plan.method / plan.variant / f"{training_set}_seed{seed}.pt"
+
+
+def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, progress: bool) -> dict[str, Any]:
+    """Fit ``method`` on ``samples`` unless ``ckpt`` holds its trained weights; save them after."""
+    if ckpt.is_file():
+        method.load_trainable_state_dict(torch.load(ckpt, map_location=method.device, weights_only=True))
+        return {"loaded": str(ckpt)}
+    log = method.fit(samples, checkpoint_dir=ckpt.with_suffix(".parts"), progress=progress)
+    atomic_torch_save(method.trainable_state_dict(), ckpt)
+    ckpt.with_suffix(".log.json").write_text(json.dumps(log, default=float))
+    return log
+
+
+def predict_category(method: AnomalyMethod, images: torch.Tensor, category: str, batch_size: int) -> Prediction:
+    """Batched prediction over a category's test images, then the method's category-level step."""
+    with torch.no_grad():
+        parts = [method.predict(batch.to(method.device), category) for batch in images.split(batch_size)]
+    return method.finalize_category(Prediction.concat(parts))
+
+
+def score_category(pred: Prediction, labels: torch.Tensor, masks: torch.Tensor, aupro_variant: str = "mvtec") -> tuple[dict[str, float], dict[str, str]]:
+    """The seven metrics of one category (values in [0, 1]) and the reasons for any NaN."""
+    from sowa_lib import metrics
+
+    if masks.shape[-2:] != pred.maps.shape[-2:]:
+        raise ValueError(f"maps {tuple(pred.maps.shape)} and masks {tuple(masks.shape)} differ in size")
+    result = metrics.category_metrics(pred.scores.numpy(), labels.numpy(), pred.maps.numpy(), masks.numpy(), aupro_variant=aupro_variant)
+    reasons = result.pop("reasons", {}) if isinstance(result, dict) else {}
+    return {k: float(v) for k, v in result.items()}, dict(reasons)
+
+
+def _training_groups(plan: Plan, method: AnomalyMethod, profile: Profile, todo: list[runs.RunSpec]) -> Iterator[tuple[str | None, list[runs.RunSpec]]]:
+    """Runs grouped by the training set their method must be trained on (None: no training)."""
+    if method.training_data == "none" or plan.setting == "few_shot" and method.training_data == "target":
+        yield None, todo
+        return
+    groups: dict[tuple, list[runs.RunSpec]] = {}
+    for spec in todo:
+        if method.training_data == "auxiliary":  # trained once with the method's own seed
+            key = (profile.auxiliary[spec.dataset], None, 0)
+        elif plan.setting == "one_class":
+            key = (spec.dataset, spec.category, spec.seed)
+        else:
+            key = (spec.dataset, None, spec.seed)
+        groups.setdefault(key, []).append(spec)
+    for key, specs in groups.items():
+        yield key, specs
+
+
+def run_plan(plan: Plan, profile: Profile, *, progress: bool = True, aupro_variant: str = "mvtec") -> pd.DataFrame:
+    """Compute the missing runs of ``plan`` and return all of its runs from the store."""
+    from sowa_lib.profiles import prepare
+
+    categories = prepare(profile, list(plan.datasets))
+    specs = expand(plan, profile, categories)
+    todo = [s for s in specs if not runs.is_done(profile.run_dir, s)]
+    if todo:
+        _compute(plan, profile, todo, progress, aupro_variant)
+    frame = runs.load_results(profile.run_dir)
+    keys = {(s.dataset, s.category, s.method, s.variant, s.setting, s.shots, s.seed) for s in specs}
+    mask = [k in keys for k in zip(frame.dataset, frame.category, frame.method, frame.variant, frame.setting, frame.shots, frame.seed)]
+    return frame[mask].reset_index(drop=True)
+
+
+def _compute(plan: Plan, profile: Profile, todo: list[runs.RunSpec], progress: bool, aupro_variant: str) -> None:
+    cache = _SampleCache(profile)
+    probe = methods.build(plan.method, profile=profile.name, **plan.overrides)
+    bar = tqdm(total=len(todo), desc=f"{plan.method}/{plan.variant}/{plan.setting}", disable=not progress)
+    for training_key, group in _training_groups(plan, probe, profile, todo):
+        method = probe if training_key is None else _fresh(plan, profile, training_key[2], probe)
+        method = method.to(profile.device).eval()
+        training_log: dict[str, Any] = {}
+        if training_key is not None:
+            train_set, category, seed = training_key
+            split = "test" if method.training_data == "auxiliary" else "train"
+            samples = cache.samples(train_set, category, split)
+            name = train_set if category is None else f"{train_set}-{category}"
+            training_log = train_or_load(method.train(), samples, checkpoint_path(profile, plan, name, seed), progress)
+            method.eval()
+        for spec in group:
+            _run_one(method, spec, cache, profile, aupro_variant, training_log)
+            bar.update(1)
+    bar.close()
+
+
+def _fresh(plan: Plan, profile: Profile, seed: int, probe: AnomalyMethod) -> AnomalyMethod:
+    """A newly initialised method for one training; target-trained methods get the run's seed."""
+    overrides = dict(plan.overrides)
+    if probe.training_data == "target" and "seed" in inspect.signature(type(probe).__init__).parameters:
+        overrides["seed"] = seed
+    return methods.build(plan.method, profile=profile.name, **overrides)
+
+
+def _run_one(method: AnomalyMethod, spec: runs.RunSpec, cache: _SampleCache, profile: Profile, aupro_variant: str, training_log: dict) -> None:
+    size, norm = method.image_size, method.normalization
+    test = cache.samples(spec.dataset, spec.category, "test")
+    refs = []
+    if spec.shots:
+        replacement = bool(getattr(method, "reference_replacement", False))
+        refs = draw_references(cache.samples(spec.dataset, spec.category, "train"), spec.shots, spec.seed, replacement=replacement)
+    start = time.perf_counter()
+    method.set_references(load_images(refs, size, norm).to(method.device), spec.category)
+    pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm), spec.category, profile.batch_size)
+    seconds = time.perf_counter() - start
+    labels = torch.tensor([s.label for s in test])
+    values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), aupro_variant)
+    runs.write_run(
+        profile.run_dir, spec, values,
+        reasons=reasons,
+        references=[r.relpath for r in refs],
+        config={k: (v if isinstance(v, (int, float, str, bool, type(None), list, tuple)) else repr(v)) for k, v in method.config().items()},
+        provenance=runs.provenance(weights=str(method.config().get("pretrained", "")), device=str(profile.device)),
+        seconds=seconds,
+        n_test=len(test),
+        training={k: v for k, v in training_log.items() if not isinstance(v, list)},
+        aupro_variant=aupro_variant,
+    )

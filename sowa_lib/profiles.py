@@ -1,0 +1,124 @@
+"""Study profiles: which datasets, auxiliary datasets, shots and seeds a profile runs (DESIGN.md,
+"Profiles"). Method-specific sizes live with each method (``AnomalyMethod.profiles``).
+
+``demo``: the embedded benchmark (two disjoint groups of generated categories that play the roles of
+MVTec-AD and VisA) and tiny randomly initialised backbones; minutes on a CPU.
+``paper``: the official datasets under ``DATA_ROOT`` and pretrained weights; a GPU in practice.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProfileNotReadyError(RuntimeError):
+    """A profile's datasets or weights are missing; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A benchmark as the study names it (``id``), the loader that reads it and where it lives."""
+
+    id: str
+    loader: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    datasets: dict[str, DatasetRef]
+    auxiliary: dict[str, str]
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    unsupervised_datasets: tuple[str, ...]
+    device: str = "cpu"
+    batch_size: int = 8
+    results_dir: Path = field(default=REPO_ROOT / "results")
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this profile's runs, checkpoints, tables and executed notebooks go."""
+        return self.results_dir / self.name
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.results_dir.parent / "figures" / self.name
+
+
+# Cross-dataset protocol (sowa spec §2.1; april_gan_winclip_peers §1.7): train on the auxiliary
+# dataset's test split. MVTec-AD is the auxiliary set of every target but itself (SOWA's scripts).
+PAPER_AUXILIARY = {"mvtec": "visa", "visa": "mvtec", "btad": "mvtec", "dagm": "mvtec", "dtd_synthetic": "mvtec", "mvtec3d": "mvtec"}
+PAPER_LOADERS = ("mvtec", "visa", "btad", "dagm", "dtd_synthetic", "mvtec3d")
+
+
+def demo_profile(data_root: Path | None = None, results_dir: Path | None = None) -> Profile:
+    root = Path(data_root or REPO_ROOT / "data" / "demo")
+    datasets = {name: DatasetRef(name, "demo", root / name) for name in ("demo_a", "demo_b")}
+    return Profile(
+        name="demo",
+        datasets=datasets,
+        auxiliary={"demo_a": "demo_b", "demo_b": "demo_a"},
+        shots=(1, 2, 4),
+        seeds=(0, 1),
+        unsupervised_datasets=("demo_a", "demo_b"),
+        results_dir=Path(results_dir or REPO_ROOT / "results"),
+    )
+
+
+def paper_profile(data_root: Path | None = None, results_dir: Path | None = None, device: str = "cuda") -> Profile:
+    root = data_root or os.environ.get("DATA_ROOT")
+    if not root:
+        raise ProfileNotReadyError("the paper profile needs DATA_ROOT: run `make reproduce-all PROFILE=paper DATA_ROOT=/path/to/data` "
+                                   "after `make data DATASETS=mvtec,visa,... DATA_ROOT=/path/to/data`")
+    datasets = {name: DatasetRef(name, name, Path(root) / name) for name in PAPER_LOADERS}
+    return Profile(
+        name="paper",
+        datasets=datasets,
+        auxiliary=PAPER_AUXILIARY,
+        shots=(1, 2, 4),
+        seeds=(0, 1, 2, 3, 4),
+        unsupervised_datasets=("mvtec", "visa", "mvtec3d"),
+        device=device,
+        results_dir=Path(results_dir or REPO_ROOT / "results"),
+    )
+
+
+def get_profile(name: str = "demo", data_root: str | Path | None = None, results_dir: str | Path | None = None, **kw) -> Profile:
+    """The profile called ``name`` (``"demo"`` or ``"paper"``)."""
+    data_root = Path(data_root) if data_root else None
+    results_dir = Path(results_dir) if results_dir else None
+    if name == "demo":
+        return demo_profile(data_root, results_dir)
+    if name == "paper":
+        return paper_profile(data_root, results_dir, **kw)
+    raise ValueError(f"unknown profile {name!r}; use 'demo' or 'paper'")
+
+
+def prepare(profile: Profile, datasets: list[str] | None = None) -> dict[str, list[str]]:
+    """Make sure the profile's datasets are there and return their categories.
+
+    The demo benchmark is generated on demand (deterministic, seconds). For the paper profile a
+    missing dataset raises :class:`ProfileNotReadyError` listing every missing one and the command
+    that fetches it.
+    """
+    from sowa_lib import data
+
+    wanted = datasets or list(profile.datasets)
+    if profile.name == "demo":
+        from sowa_lib.data import demo
+
+        demo.generate(profile.datasets[wanted[0]].root.parent)
+    found, problems = {}, []
+    for name in wanted:
+        ref = profile.datasets[name]
+        try:
+            found[name] = data.categories(ref.loader, ref.root)
+        except Exception as err:  # every loader error carries the fix in its message
+            problems.append(f"- {name}: {err}")
+    if problems:
+        raise ProfileNotReadyError(f"profile {profile.name!r} cannot start; missing or malformed datasets:\n" + "\n".join(problems))
+    return found
