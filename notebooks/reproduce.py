@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if args.profile == "paper" else "cpu")
     try:
-        profile = get_profile(args.profile, args.data_root, args.results_dir, **({"device": device} if args.profile == "paper" else {}))
+        profile = get_profile(args.profile, args.data_root, args.results_dir, device)
         prepare(profile)
     except ProfileNotReadyError as err:
         print(f"reproduce: {err}", file=sys.stderr)

@@ -14,11 +14,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from sowa_lib import data, methods, runs
 from sowa_lib.data.references import draw_references
@@ -138,73 +137,115 @@ def score_category(pred: Prediction, labels: torch.Tensor, masks: torch.Tensor, 
     if masks.shape[-2:] != pred.maps.shape[-2:]:
         raise ValueError(f"maps {tuple(pred.maps.shape)} and masks {tuple(masks.shape)} differ in size")
     result = metrics.category_metrics(pred.scores.numpy(), labels.numpy(), pred.maps.numpy(), masks.numpy(), aupro_variant=aupro_variant)
-    reasons = result.pop("reasons", {}) if isinstance(result, dict) else {}
-    return {k: float(v) for k, v in result.items()}, dict(reasons)
+    return {k: float(v) for k, v in result.items()}, dict(result.reasons)
 
 
-def _training_groups(plan: Plan, method: AnomalyMethod, profile: Profile, todo: list[runs.RunSpec]) -> Iterator[tuple[str | None, list[runs.RunSpec]]]:
-    """Runs grouped by the training set their method must be trained on (None: no training)."""
-    if method.training_data == "none" or plan.setting == "few_shot" and method.training_data == "target":
-        yield None, todo
-        return
+@dataclass(frozen=True)
+class Job:
+    """A unit of work an executor dispatches: train one model (``specs`` empty) or evaluate the
+    runs of one (dataset, category) that share a training. Picklable; idempotent."""
+
+    plan: Plan
+    profile: Profile
+    training: tuple[str, str | None, int] | None
+    specs: tuple[runs.RunSpec, ...] = ()
+    aupro_variant: str = "mvtec"
+
+    def describe(self) -> str:
+        if not self.specs:
+            return f"train {self.plan.method}/{self.plan.variant} on {self.training}"
+        first = self.specs[0]
+        return f"{self.plan.method}/{self.plan.variant} {first.dataset}/{first.category} ({len(self.specs)} runs)"
+
+
+def training_key(plan: Plan, training_data: str, profile: Profile, spec: runs.RunSpec) -> tuple[str, str | None, int] | None:
+    """(training set, category or None, seed) that ``spec``'s model is trained on; None if untrained.
+
+    Methods trained on an auxiliary dataset are trained once with their own seed and shared by all
+    targets with that auxiliary set, zero- and few-shot alike. AGPNet trains on the target's normal
+    train images (once per dataset for multi-class, per category for one-class, per seed); its
+    few-shot mode trains inside ``set_references``.
+    """
+    if training_data == "none" or (training_data == "target" and plan.setting == "few_shot"):
+        return None
+    if training_data == "auxiliary":
+        return (profile.auxiliary[spec.dataset], None, 0)
+    return (spec.dataset, spec.category if plan.setting == "one_class" else None, spec.seed)
+
+
+def make_jobs(plan: Plan, profile: Profile, todo: list[runs.RunSpec], aupro_variant: str = "mvtec") -> tuple[list[Job], list[Job]]:
+    """Training jobs (one per distinct training) and evaluation jobs (one per training × category)."""
+    training_data = methods.method_class(plan.method).training_data
     groups: dict[tuple, list[runs.RunSpec]] = {}
     for spec in todo:
-        if method.training_data == "auxiliary":  # trained once with the method's own seed
-            key = (profile.auxiliary[spec.dataset], None, 0)
-        elif plan.setting == "one_class":
-            key = (spec.dataset, spec.category, spec.seed)
-        else:
-            key = (spec.dataset, None, spec.seed)
-        groups.setdefault(key, []).append(spec)
-    for key, specs in groups.items():
-        yield key, specs
+        key = training_key(plan, training_data, profile, spec)
+        groups.setdefault((key, spec.dataset, spec.category), []).append(spec)
+    trainings = sorted({key for key, _, _ in groups if key is not None}, key=str)
+    train_jobs = [Job(plan, profile, key, (), aupro_variant) for key in trainings]
+    eval_jobs = [Job(plan, profile, key, tuple(specs), aupro_variant) for (key, _, _), specs in groups.items()]
+    return train_jobs, eval_jobs
 
 
-def run_plan(plan: Plan, profile: Profile, *, progress: bool = True, aupro_variant: str = "mvtec") -> pd.DataFrame:
-    """Compute the missing runs of ``plan`` and return all of its runs from the store."""
+def method_options(plan: Plan, training: tuple[str, str | None, int] | None) -> dict[str, Any]:
+    """The plan's overrides, plus ``setting`` for methods whose constructor takes one (AGPNet:
+    multi-class / one-class / few-shot) and the training seed for methods trained on the target."""
+    cls = methods.method_class(plan.method)
+    accepted = inspect.signature(cls.__init__).parameters
+    options = dict(plan.overrides)
+    if "setting" in accepted:
+        options.setdefault("setting", plan.setting)
+    if training is not None and cls.training_data == "target" and "seed" in accepted:
+        options["seed"] = training[2]
+    return options
+
+
+def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[AnomalyMethod, dict[str, Any]]:
+    """Build the job's method and train it, or load the checkpoint an earlier job wrote."""
+    overrides = method_options(job.plan, job.training)
+    method = methods.build(job.plan.method, profile=job.profile.name, **overrides).to(job.profile.device)
+    log: dict[str, Any] = {}
+    if job.training is not None:
+        train_set, category, seed = job.training
+        split = "test" if method.training_data == "auxiliary" else "train"
+        name = train_set if category is None else f"{train_set}-{category}"
+        log = train_or_load(method.train(), cache.samples(train_set, category, split), checkpoint_path(job.profile, job.plan, name, seed), progress)
+    return method.eval(), log
+
+
+def execute_job(job: Job, progress: bool = False) -> list[str]:
+    """Run one job in this process; returns the result files it wrote (none for a training job)."""
+    cache = _SampleCache(job.profile)
+    method, log = _build_trained(job, cache, progress)
+    written = []
+    for spec in job.specs:
+        if not runs.is_done(job.profile.run_dir, spec):
+            written.append(str(_run_one(method, spec, cache, job.profile, job.aupro_variant, log)))
+    return written
+
+
+def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bool = True, aupro_variant: str = "mvtec") -> pd.DataFrame:
+    """Compute the missing runs of ``plan`` (through ``executor``, local by default) and return all
+    of its runs from the store."""
+    from sowa_lib.executors import LocalExecutor
     from sowa_lib.profiles import prepare
 
     categories = prepare(profile, list(plan.datasets))
     specs = expand(plan, profile, categories)
     todo = [s for s in specs if not runs.is_done(profile.run_dir, s)]
+    if todo and methods.method_class(plan.method).training_data == "auxiliary":
+        prepare(profile, sorted({profile.auxiliary[d] for d in plan.datasets}))
     if todo:
-        _compute(plan, profile, todo, progress, aupro_variant)
+        executor = executor or LocalExecutor(progress=progress)
+        train_jobs, eval_jobs = make_jobs(plan, profile, todo, aupro_variant)
+        executor.run(train_jobs, f"train {plan.method}/{plan.variant}")
+        executor.run(eval_jobs, f"{plan.method}/{plan.variant}/{plan.setting}")
     frame = runs.load_results(profile.run_dir)
     keys = {(s.dataset, s.category, s.method, s.variant, s.setting, s.shots, s.seed) for s in specs}
     mask = [k in keys for k in zip(frame.dataset, frame.category, frame.method, frame.variant, frame.setting, frame.shots, frame.seed)]
     return frame[mask].reset_index(drop=True)
 
 
-def _compute(plan: Plan, profile: Profile, todo: list[runs.RunSpec], progress: bool, aupro_variant: str) -> None:
-    cache = _SampleCache(profile)
-    probe = methods.build(plan.method, profile=profile.name, **plan.overrides)
-    bar = tqdm(total=len(todo), desc=f"{plan.method}/{plan.variant}/{plan.setting}", disable=not progress)
-    for training_key, group in _training_groups(plan, probe, profile, todo):
-        method = probe if training_key is None else _fresh(plan, profile, training_key[2], probe)
-        method = method.to(profile.device).eval()
-        training_log: dict[str, Any] = {}
-        if training_key is not None:
-            train_set, category, seed = training_key
-            split = "test" if method.training_data == "auxiliary" else "train"
-            samples = cache.samples(train_set, category, split)
-            name = train_set if category is None else f"{train_set}-{category}"
-            training_log = train_or_load(method.train(), samples, checkpoint_path(profile, plan, name, seed), progress)
-            method.eval()
-        for spec in group:
-            _run_one(method, spec, cache, profile, aupro_variant, training_log)
-            bar.update(1)
-    bar.close()
-
-
-def _fresh(plan: Plan, profile: Profile, seed: int, probe: AnomalyMethod) -> AnomalyMethod:
-    """A newly initialised method for one training; target-trained methods get the run's seed."""
-    overrides = dict(plan.overrides)
-    if probe.training_data == "target" and "seed" in inspect.signature(type(probe).__init__).parameters:
-        overrides["seed"] = seed
-    return methods.build(plan.method, profile=profile.name, **overrides)
-
-
-def _run_one(method: AnomalyMethod, spec: runs.RunSpec, cache: _SampleCache, profile: Profile, aupro_variant: str, training_log: dict) -> None:
+def _run_one(method: AnomalyMethod, spec: runs.RunSpec, cache: _SampleCache, profile: Profile, aupro_variant: str, training_log: dict) -> Path:
     size, norm = method.image_size, method.normalization
     test = cache.samples(spec.dataset, spec.category, "test")
     refs = []
@@ -217,7 +258,7 @@ def _run_one(method: AnomalyMethod, spec: runs.RunSpec, cache: _SampleCache, pro
     seconds = time.perf_counter() - start
     labels = torch.tensor([s.label for s in test])
     values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), aupro_variant)
-    runs.write_run(
+    return runs.write_run(
         profile.run_dir, spec, values,
         reasons=reasons,
         references=[r.relpath for r in refs],

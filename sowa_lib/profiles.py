@@ -55,7 +55,7 @@ PAPER_AUXILIARY = {"mvtec": "visa", "visa": "mvtec", "btad": "mvtec", "dagm": "m
 PAPER_LOADERS = ("mvtec", "visa", "btad", "dagm", "dtd_synthetic", "mvtec3d")
 
 
-def demo_profile(data_root: Path | None = None, results_dir: Path | None = None) -> Profile:
+def demo_profile(data_root: Path | None = None, results_dir: Path | None = None, device: str = "cpu") -> Profile:
     root = Path(data_root or REPO_ROOT / "data" / "demo")
     datasets = {name: DatasetRef(name, "demo", root / name) for name in ("demo_a", "demo_b")}
     return Profile(
@@ -65,6 +65,7 @@ def demo_profile(data_root: Path | None = None, results_dir: Path | None = None)
         shots=(1, 2, 4),
         seeds=(0, 1),
         unsupervised_datasets=("demo_a", "demo_b"),
+        device=device,
         results_dir=Path(results_dir or REPO_ROOT / "results"),
     )
 
@@ -87,14 +88,14 @@ def paper_profile(data_root: Path | None = None, results_dir: Path | None = None
     )
 
 
-def get_profile(name: str = "demo", data_root: str | Path | None = None, results_dir: str | Path | None = None, **kw) -> Profile:
-    """The profile called ``name`` (``"demo"`` or ``"paper"``)."""
+def get_profile(name: str = "demo", data_root: str | Path | None = None, results_dir: str | Path | None = None, device: str | None = None) -> Profile:
+    """The profile called ``name`` (``"demo"`` or ``"paper"``); ``device`` defaults to cpu / cuda."""
     data_root = Path(data_root) if data_root else None
     results_dir = Path(results_dir) if results_dir else None
     if name == "demo":
-        return demo_profile(data_root, results_dir)
+        return demo_profile(data_root, results_dir, device or "cpu")
     if name == "paper":
-        return paper_profile(data_root, results_dir, **kw)
+        return paper_profile(data_root, results_dir, device or "cuda")
     raise ValueError(f"unknown profile {name!r}; use 'demo' or 'paper'")
 
 

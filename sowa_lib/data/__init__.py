@@ -40,4 +40,21 @@ def load(name: str, root: str | Path, category: str | None = None, split: str = 
     return [s for c in cats for s in module.load(Path(root), c, split)]
 
 
-__all__ = ["DATASETS", "CorruptImageError", "Sample", "categories", "load"]
+__all__ = ["DATASETS", "CorruptImageError", "Sample", "categories", "describe", "load"]
+
+
+def describe(name: str, root: str | Path) -> "pandas.DataFrame":
+    """Counts per category: train normal, test normal, test anomalous, and the defect types."""
+    import pandas
+
+    rows = []
+    for category in categories(name, root):
+        train, test = load(name, root, category, "train"), load(name, root, category, "test")
+        rows.append({
+            "category": category,
+            "train_normal": sum(s.label == 0 for s in train),
+            "test_normal": sum(s.label == 0 for s in test),
+            "test_anomalous": sum(s.label == 1 for s in test),
+            "defects": ", ".join(sorted({s.defect for s in test if s.label == 1})),
+        })
+    return pandas.DataFrame(rows)

@@ -47,11 +47,11 @@ class Sample:
 
     def read_image(self) -> np.ndarray:
         """RGB uint8 array [H, W, 3] (grayscale images are replicated to 3 channels)."""
-        return np.asarray(_open(self.path).convert("RGB"))
+        return np.array(_open(self.path).convert("RGB"))
 
     def read_mask(self) -> np.ndarray:
         """Boolean mask [H, W], binarised ``> 0`` (VisA masks hold class ids)."""
         if self.mask_path is None:
             width, height = _open(self.path).size
             return np.zeros((height, width), dtype=bool)
-        return np.asarray(_open(self.mask_path).convert("L")) > 0
+        return np.array(_open(self.mask_path).convert("L")) > 0

@@ -29,11 +29,12 @@ def image_to_tensor(image: np.ndarray, size: int, normalization: str = "clip") -
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def mask_to_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Boolean ``[H, W]`` -> boolean ``[size, size]``: bilinear resize, then ``> 0.5``."""
+def mask_to_tensor(mask: np.ndarray, size: int, threshold: float = 0.5) -> torch.Tensor:
+    """Boolean ``[H, W]`` -> boolean ``[size, size]``: bilinear resize, then ``> threshold``
+    (0.5 at test time; SOWA's training masks use ``> 0``, sowa §2.2)."""
     x = torch.from_numpy(mask.astype(np.float32))[None, None]
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x[0, 0] > 0.5
+    return x[0, 0] > threshold
 
 
 def load_images(samples: Sequence[Sample], size: int, normalization: str = "clip") -> torch.Tensor:

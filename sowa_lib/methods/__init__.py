@@ -26,9 +26,11 @@ def available() -> list[str]:
 
 
 def method_class(name: str) -> type[AnomalyMethod]:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())}")
-    module_name, class_name = _REGISTRY[name].split(":")
+    """The class registered as ``name``, or named directly as ``"package.module:Class"`` (a
+    researcher's own method, which the runner and executors then treat like the built-in ones)."""
+    if name not in _REGISTRY and ":" not in name:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())} (or 'module:Class')")
+    module_name, class_name = _REGISTRY.get(name, name).split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 

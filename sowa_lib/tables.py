@@ -1,0 +1,369 @@
+"""The papers' tables rebuilt from the results store: ``claimed | reproduced | Δ`` (issue 6, "Tables").
+
+Every paper table (and digitized figure) with claims in :mod:`sowa_lib.claims` has a layout in
+``LAYOUTS``; :func:`build_table` fills it from a results frame (:func:`sowa_lib.runs.load_results`)
+and :func:`build_all` writes every table plus a summary as CSV, Markdown and LaTeX.
+
+How a claim is matched to results (:func:`compare`):
+
+- Same ``method``, ``metric`` and ``variant`` (``default`` for the default configuration; an
+  ablation claim matches only runs whose variant is the claim's variant string, e.g.
+  ``backbone=clip_vit_b``, so ablations nobody ran count as not run).
+- Same ``dataset``, ``setting`` and ``shots``, except where the claim leaves them open: an empty
+  dataset (AGPNet's efficiency table names none), a setting that is not a run setting
+  (``ablation``, ``efficiency``, ``leaderboard``) or empty shots (full-data multi-/one-class,
+  efficiency) match any value, and the seed's values are averaged over them.
+- ``category``: a category id matches that category; ``mean`` (and empty) matches the
+  unweighted mean over the categories of each (dataset, method, variant, setting, shots, seed),
+  which is NaN when any category's value is NaN (a mean over a subset would not be the paper's).
+- The demo profile maps the datasets whose roles its benchmark plays (``DEMO_DATASET_ROLES``).
+
+Reproduced = mean ± sample std (ddof=1) over seeds with a finite value; quality metrics are
+multiplied by 100 (the store keeps fractions). A cell is flagged when
+|Δ| > max(claimed std, 1.0) points; a claim is ``within``, ``outside`` or ``not_run`` (no finite
+reproduced value: no run, or the metric was undefined).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from sowa_lib.claims import EFFICIENCY_METRICS, QUALITY_METRICS, load_claims
+from sowa_lib.runs import SETTINGS as RUN_SETTINGS
+
+DEMO_BANNER = ("DEMO PROFILE — numbers come from the embedded demo benchmark and tiny randomly initialised "
+               "models; they are NOT comparable with the paper's claims.")
+PAPER_BANNER = "PAPER PROFILE — reproduced on the official datasets with pretrained weights."
+# The demo benchmark's two groups of generated categories play the roles of MVTec-AD and VisA.
+DEMO_DATASET_ROLES = {"mvtec": "demo_a", "visa": "demo_b"}
+MISSING = "–"
+FLAG = "(!)"
+MIN_TOLERANCE = 1.0
+STD_DDOF = 1
+MATCH_FIELDS = ["dataset", "category", "method", "variant", "setting", "shots", "metric"]
+STATUSES = ("within", "outside", "not_run")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A paper table's shape: which claim fields index its rows and its columns."""
+
+    paper: str
+    table: str
+    rows: tuple[str, ...]
+    cols: tuple[str, ...]
+    title: str
+
+
+def _layouts() -> dict[str, Layout]:
+    specs = [
+        ("sowa", "readme_table_1", ("metric", "dataset"), ("method",), "Few-shot (K=4) comparison on five datasets (README)"),
+        ("sowa", "readme_table_2", ("method",), ("dataset", "metric"), "K=4 comparison on MVTec-AD and VisA (README)"),
+        ("sowa", "fig5", ("metric", "dataset"), ("method", "setting", "shots"), "Few-shot curves, digitized (fig5)"),
+        ("sowa", "fig8a", ("variant",), ("metric", "setting", "shots"), "SOWA by defect area, digitized (fig8a)"),
+        ("sowa", "fig8b", ("variant",), ("metric", "method"), "Zero-shot by defect area, digitized (fig8b)"),
+        ("sowa", "fig8c", ("variant",), ("metric", "method"), "Gain 0->4-shot by defect area, digitized (fig8c)"),
+        ("sowa", "fig9", ("dataset",), ("method",), "Inference speed, images/s (fig9)"),
+        ("april_gan", "Table 1", ("method",), ("metric",), "VAND 2023 zero-shot leaderboard"),
+        ("april_gan", "Table 2", ("method",), ("metric",), "VAND 2023 few-shot leaderboard"),
+        ("april_gan", "Table 3", ("setting", "shots", "method"), ("metric",), "Comparison on MVTec-AD"),
+        ("april_gan", "Table 4", ("setting", "shots", "method"), ("metric",), "Comparison on VisA"),
+        *[("april_gan", f"Table {n}", ("category",), ("metric",), f"{ds} {k} per category")
+          for n, ds, k in [(5, "MVTec-AD", "zero-shot"), (6, "MVTec-AD", "1-shot"), (7, "MVTec-AD", "2-shot"),
+                           (8, "MVTec-AD", "4-shot"), (9, "VisA", "zero-shot"), (10, "VisA", "1-shot"),
+                           (11, "VisA", "2-shot"), (12, "VisA", "4-shot")]],
+        ("winclip", "abstract", ("dataset",), ("setting", "shots", "metric"), "Abstract: zero-shot and 1-shot AUROC"),
+        ("winclip", "pwc_benchmark", ("dataset", "setting", "shots"), ("metric",), "Benchmark results: detection AUROC"),
+        ("agpnet", "Table 1", ("category",), ("method", "metric"), "MVTec-AD multi-class per category"),
+        ("agpnet", "Table 2", ("category",), ("method", "metric"), "MVTec-AD one-class per category"),
+        ("agpnet", "Table 3", ("category",), ("method", "metric"), "VisA multi-class per category"),
+        ("agpnet", "Table 4", ("metric",), ("method",), "MVTec-3D (RGB) multi-class"),
+        ("agpnet", "Table 5", ("metric",), ("variant",), "Ablation: noise type"),
+        ("agpnet", "Table 6", ("variant", "method"), ("metric",), "Ablation: backbone"),
+        ("agpnet", "Table 7", ("metric",), ("variant",), "Ablation: noise intensity and attention map"),
+        ("agpnet", "Table 8", ("metric",), ("variant",), "Ablation: multi-layer features and mean teacher"),
+        ("agpnet", "Table 9", ("method",), ("metric",), "Efficiency"),
+        ("agpnet", "Table 10", ("method",), ("shots", "metric"), "Few-shot MVTec-AD"),
+    ]
+    return {table_id(paper, table): Layout(paper, table, rows, cols, title) for paper, table, rows, cols, title in specs}
+
+
+def table_id(paper: str, table: str) -> str:
+    """File-safe id of a paper table, e.g. ``april_gan_table_3``."""
+    return f"{paper}_{table.lower().replace(' ', '_')}"
+
+
+LAYOUTS = _layouts()
+TABLE_IDS = tuple(LAYOUTS)
+
+
+def banner(profile: str) -> str:
+    """The line printed above every table of ``profile``."""
+    if profile == "demo":
+        return DEMO_BANNER
+    if profile == "paper":
+        return PAPER_BANNER
+    return f"{profile.upper()} PROFILE"
+
+
+# ---------------------------------------------------------------- reproduced values
+
+def _seed_level(results_df: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Per-seed values in claim units: per category plus the category ``mean`` rows."""
+    results = results_df
+    if "profile" in results.columns:
+        results = results[results["profile"] == profile]
+    results = results[results["category"] != "mean"]
+    scale = np.where(results["metric"].isin(QUALITY_METRICS), 100.0, 1.0)
+    per_cat = results[MATCH_FIELDS + ["seed"]].assign(
+        value=results["value"].astype(float) * scale, shots=results["shots"].astype("Int64"))
+    group = [f for f in MATCH_FIELDS if f != "category"] + ["seed"]
+    means = (per_cat.assign(_nan=per_cat["value"].isna())
+             .groupby(group, dropna=False).agg(value=("value", "mean"), _nan=("_nan", "any")).reset_index())
+    means = means.assign(value=means["value"].where(~means["_nan"]), category="mean").drop(columns="_nan")
+    return pd.concat([per_cat, means[per_cat.columns]], ignore_index=True)
+
+
+def _over_seeds(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, sample std and count over seeds, after averaging each seed over the fields not in ``keys``."""
+    per_seed = seeds.groupby(keys + ["seed"], dropna=False)["value"].mean().reset_index()
+    stats = per_seed.groupby(keys, dropna=False)["value"].agg(
+        reproduced="mean", reproduced_std=lambda s: s.std(ddof=STD_DDOF), n_seeds="count")
+    return stats.reset_index()
+
+
+def _match_frame(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """``frame``'s match fields as looked up in the results (dataset roles, ``mean`` category)."""
+    roles = DEMO_DATASET_ROLES if profile == "demo" else {}
+    return frame[MATCH_FIELDS].assign(
+        dataset=frame["dataset"].map(lambda d: roles.get(d, d)),
+        category=frame["category"].replace("", "mean"),
+        shots=frame["shots"].astype("Int64"),
+    )
+
+
+def _attach_reproduced(frame: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """``frame`` plus ``reproduced``, ``reproduced_std`` and ``n_seeds`` (see the module docstring)."""
+    keyed = _match_frame(frame, profile).reset_index(drop=True)
+    open_fields = pd.DataFrame({
+        "dataset": keyed["dataset"] == "",
+        "setting": ~keyed["setting"].isin(RUN_SETTINGS),
+        "shots": keyed["shots"].isna(),
+    })
+    parts = []
+    for pattern, part in keyed.groupby([open_fields[c] for c in open_fields.columns]):
+        is_open = dict(zip(open_fields.columns, pattern))
+        keys = [f for f in MATCH_FIELDS if not is_open.get(f, False)]
+        stats = _over_seeds(seeds, keys)
+        parts.append(part.reset_index().merge(stats, on=keys, how="left").set_index("index"))
+    stats_cols = ["reproduced", "reproduced_std", "n_seeds"]
+    found = pd.concat(parts).reindex(range(len(keyed)))[stats_cols] if parts else pd.DataFrame(columns=stats_cols)
+    out = frame.reset_index(drop=True).assign(**{c: found[c].to_numpy() for c in stats_cols})
+    return out.assign(n_seeds=out["n_seeds"].fillna(0).astype(int))
+
+
+def _compared(frame: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """``frame`` (claims, or table cells with NaN ``value`` where nothing is printed) judged against
+    the per-seed results: reproduced stats plus ``delta`` (points), ``tolerance`` and ``status``."""
+    out = _attach_reproduced(frame, seeds, profile)
+    delta = out["reproduced"] - out["value"]
+    tolerance = out["std"].fillna(0.0).clip(lower=MIN_TOLERANCE)
+    status = np.select([delta.isna(), delta.abs() > tolerance], ["not_run", "outside"], "within")
+    return out.assign(delta=delta, tolerance=tolerance, status=status)
+
+
+def compare(results_df: pd.DataFrame, profile: str, claims: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every claim with ``reproduced``, ``reproduced_std``, ``n_seeds``, ``delta``, ``tolerance``, ``status``."""
+    claims = load_claims() if claims is None else claims
+    return _compared(claims, _seed_level(results_df, profile), profile)
+
+
+# ---------------------------------------------------------------- cells and table shapes
+
+def _decimals(metric: str, setting: str) -> int:
+    """Printed precision: VAND leaderboard fractions 4, efficiency 2, percentages 1."""
+    if setting == "leaderboard":
+        return 4
+    return 2 if metric in EFFICIENCY_METRICS else 1
+
+
+def _cell(row: Any) -> str:
+    """``claimed | reproduced | Δ`` for one compared row (a named tuple), flagged when outside tolerance."""
+    d = _decimals(row.metric, row.setting)
+    if pd.isna(row.value):
+        claimed = MISSING
+    else:
+        claimed = ("≈" if row.digitized else "") + f"{row.value:.{d}f}"
+        claimed += f"±{row.std:.{d}f}" if pd.notna(row.std) else ""
+    if pd.isna(row.reproduced):
+        reproduced = MISSING
+    else:
+        reproduced = f"{row.reproduced:.{d}f}"
+        reproduced += f"±{row.reproduced_std:.{d}f}" if row.n_seeds > 1 else ""
+    delta = MISSING if pd.isna(row.delta) else f"{row.delta:+.{d}f}"
+    flag = f" {FLAG}" if row.status == "outside" else ""
+    return f"{claimed} | {reproduced} | {delta}{flag}"
+
+
+def _merged_order(sequences: Iterable[list]) -> list:
+    """All items of ``sequences`` in one order: each new item goes right after its predecessor in
+    the sequence that introduces it, so a row that lacks a column does not push it to the end."""
+    order: list = []
+    for sequence in sequences:
+        position = 0
+        for item in sequence:
+            if item in order:
+                position = order.index(item) + 1
+            else:
+                order.insert(position, item)
+                position += 1
+    return order
+
+
+def _label(value: object) -> str:
+    return "" if pd.isna(value) else str(value)
+
+
+def _grid(claims: pd.DataFrame, layout: Layout) -> pd.DataFrame:
+    """Every (row, column) cell of the table's shape with its claim (NaN value where none printed)."""
+    rows = list(dict.fromkeys(claims[list(layout.rows)].itertuples(index=False, name=None)))
+    per_row = claims.groupby(list(layout.rows), sort=False, dropna=False)
+    cols = _merged_order(list(g[list(layout.cols)].itertuples(index=False, name=None)) for _, g in per_row)
+    constants = {f: claims[f].iloc[0] for f in MATCH_FIELDS if f not in layout.rows + layout.cols}
+    varying = [f for f in constants if claims[f].astype("string").fillna("").nunique() > 1]
+    if varying:
+        raise ValueError(f"{layout.paper} {layout.table}: {varying} vary but index neither rows nor columns")
+    cells = [{**constants, **dict(zip(layout.rows, r)), **dict(zip(layout.cols, c)), "_row": i, "_col": j}
+             for i, r in enumerate(rows) for j, c in enumerate(cols)]
+    grid = pd.DataFrame(cells).astype({"shots": "Int64"})
+    cells = grid.merge(claims, on=MATCH_FIELDS, how="left").sort_values(["_row", "_col"])
+    return cells.assign(digitized=cells["digitized"].eq(True))
+
+
+def _caption(layout: Layout) -> str:
+    return (f"{layout.paper} {layout.table}: {layout.title}. Cells: claimed | reproduced (mean ± sample std over "
+            f"seeds, ddof={STD_DDOF}) | Δ = reproduced − claimed, in points. {FLAG} marks |Δ| > max(claimed std, "
+            f"{MIN_TOLERANCE}); {MISSING} = not printed / not run; ≈ = digitized from a figure. Category means are "
+            "unweighted over categories, per seed.")
+
+
+def _shape(layout: Layout, claims: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """The table of ``layout`` filled from ``claims`` and the per-seed results ``seeds``."""
+    mine = claims[(claims["paper"] == layout.paper) & (claims["table"] == layout.table)]
+    compared = _compared(_grid(mine, layout), seeds, profile)
+    compared["cell"] = [_cell(row) for row in compared.itertuples(index=False)]
+    compared["column"] = [" / ".join(_label(v) for v in key)
+                          for key in compared[list(layout.cols)].itertuples(index=False, name=None)]
+    shaped = compared.pivot(index="_row", columns="_col", values="cell")
+    col_names = compared.drop_duplicates("_col").set_index("_col")["column"]
+    row_keys = compared.drop_duplicates("_row").set_index("_row")[list(layout.rows)]
+    out = pd.concat([row_keys.map(_label), shaped.rename(columns=col_names)], axis=1).reset_index(drop=True)
+    out.columns.name = None
+    out.attrs.update(table_id=table_id(layout.paper, layout.table), caption=_caption(layout), banner=banner(profile))
+    return out
+
+
+def build_table(table: str, results_df: pd.DataFrame, profile: str, claims: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The table ``table`` (an id in ``TABLE_IDS``) in the paper's shape; ``attrs`` hold caption and banner."""
+    layout = LAYOUTS[table]
+    claims = load_claims(layout.paper) if claims is None else claims
+    return _shape(layout, claims, _seed_level(results_df, profile), profile)
+
+
+def summary_table(results_df: pd.DataFrame, profile: str, claims: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per paper: how many claims were reproduced within tolerance, outside it, or not run."""
+    compared = compare(results_df, profile, claims)
+    counts = pd.crosstab(compared["paper"], compared["status"]).reindex(columns=list(STATUSES), fill_value=0)
+    counts = counts.reindex(list(dict.fromkeys(compared["paper"])))
+    counts.loc["total"] = counts.sum()
+    out = counts.assign(claims=counts.sum(axis=1))[["claims", *STATUSES]].reset_index()
+    out.columns.name = None
+    out.attrs.update(table_id="summary", banner=banner(profile), caption=(
+        f"Claims per paper reproduced within tolerance (|Δ| ≤ max(claimed std, {MIN_TOLERANCE}) points), outside "
+        "it, or not run (no finite reproduced value). Reproduced = mean over seeds."))
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}", "±": r"$\pm$",
+          "≈": r"$\approx$", "–": "--", "—": "---", "−": "-", "Δ": r"$\Delta$", "≤": r"$\le$", "<": r"$<$",
+          ">": r"$>$", "≥": r"$\ge$"}
+
+
+def _latex_escape(text: object) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """Banner, caption and a pipe table (``|`` inside cells escaped)."""
+    def line(values: Iterable[object]) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    body = [line(table.columns), line(["---"] * len(table.columns)), *(line(r) for r in table.itertuples(index=False))]
+    return f"> **{table.attrs['banner']}**\n\n{table.attrs['caption']}\n\n" + "\n".join(body) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    """A ``table`` environment whose caption carries the banner."""
+    def line(values: Iterable[object]) -> str:
+        return " & ".join(_latex_escape(v) for v in values) + r" \\"
+
+    caption = _latex_escape(table.attrs["caption"]) + r" \textbf{" + _latex_escape(table.attrs["banner"]) + "}"
+    return "\n".join([
+        r"\begin{table}[htbp]", r"\centering", r"\caption{" + caption + "}",
+        r"\begin{tabular}{" + "l" * len(table.columns) + "}", r"\hline", line(table.columns), r"\hline",
+        *(line(r) for r in table.itertuples(index=False)), r"\hline", r"\end{tabular}", r"\end{table}", "",
+    ])
+
+
+def write_table(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write ``table`` as ``<table_id>.csv`` (banner and caption as ``#`` lines), ``.md`` and ``.tex``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / table.attrs["table_id"]
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
+    header = f"# {table.attrs['banner']}\n# {table.attrs['caption']}\n"
+    paths[0].write_text(header + table.to_csv(index=False))
+    paths[1].write_text(to_markdown(table))
+    paths[2].write_text(to_latex(table))
+    return paths
+
+
+def build_all(results_df: pd.DataFrame, profile: str, out_dir: Path) -> list[Path]:
+    """Write every table in ``TABLE_IDS`` and the summary under ``out_dir`` (``results/<profile>/tables``)."""
+    claims, seeds = load_claims(), _seed_level(results_df, profile)
+    paths = [p for layout in LAYOUTS.values() for p in write_table(_shape(layout, claims, seeds, profile), out_dir)]
+    return paths + write_table(summary_table(results_df, profile, claims), out_dir)
+
+
+__all__ = [
+    "DEMO_BANNER", "DEMO_DATASET_ROLES", "FLAG", "LAYOUTS", "Layout", "MISSING", "MIN_TOLERANCE", "PAPER_BANNER",
+    "STATUSES", "TABLE_IDS", "banner", "build_all", "build_table", "compare", "summary_table", "table_id",
+    "to_latex", "to_markdown", "write_table",
+]
+
+
+# ---------------------------------------------------------------- study overview (no claims)
+
+OVERVIEW_KEYS = ["method", "variant", "setting", "dataset", "shots"]
+
+
+def overview(results_df: pd.DataFrame) -> pd.DataFrame:
+    """This study's own results at a glance: one row per (method, variant, setting, dataset, K),
+    the seven quality metrics in percent as ``mean ± std`` over seeds of the category means
+    (std with ddof = 1, shown when there are several seeds; NaN means undefined, see the store)."""
+    profiles = results_df["profile"].unique()
+    if len(profiles) != 1:
+        raise ValueError(f"overview wants the results of one profile, got {list(profiles)}")
+    seeds = _seed_level(results_df, profiles[0])
+    stats = _over_seeds(seeds[seeds["category"] == "mean"], OVERVIEW_KEYS + ["metric"])
+    text = [f"{m:.1f}" if n < 2 or pd.isna(s) else f"{m:.1f} ± {s:.1f}"
+            for m, s, n in zip(stats["reproduced"], stats["reproduced_std"], stats["n_seeds"])]
+    table = stats.assign(cell=text).pivot(index=OVERVIEW_KEYS, columns="metric", values="cell")
+    return table[[m for m in QUALITY_METRICS if m in table.columns]]

@@ -1,0 +1,154 @@
+"""Tables (issue 6): paper tables rebuilt from a fabricated results store — layout, Δ, flags,
+missing runs, banners and the summary."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from sowa_lib import tables
+from sowa_lib.claims import load_claims
+from sowa_lib.runs import RESULT_COLUMNS
+
+AG_METRICS = ["pixel_auroc", "pixel_f1max", "pixel_ap", "aupro", "image_auroc", "image_f1max", "image_ap"]
+
+
+def _store(rows: list[dict]) -> pd.DataFrame:
+    """A results frame as :func:`sowa_lib.runs.load_results` returns it."""
+    defaults = {"profile": "paper", "variant": "default", "reason": "", "commit": "c0ffee", "weights": "w", "created": ""}
+    return pd.DataFrame([{**defaults, **row} for row in rows], columns=RESULT_COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def zero_shot_mvtec() -> pd.DataFrame:
+    """April-GAN zero-shot MVTec-AD: every category at its claimed value +0.2 (seed 0) and +0.4
+    points (seed 1), except carpet's AUPRO, 5 points higher still."""
+    claims = load_claims("april_gan")
+    per_cat = claims[(claims["table"] == "Table 5") & (claims["category"] != "mean")]
+    rows = []
+    for seed, offset in ((0, 0.2), (1, 0.4)):
+        for claim in per_cat.itertuples():
+            bump = 5.0 if (claim.category, claim.metric) == ("carpet", "aupro") else 0.0
+            rows.append({"dataset": "mvtec", "category": claim.category, "method": "april_gan", "setting": "zero_shot",
+                         "shots": 0, "seed": seed, "metric": claim.metric,
+                         "value": (claim.value + offset + bump) / 100})
+    return _store(rows)
+
+
+def _cell(table: pd.DataFrame, column: str, **row: object) -> str:
+    mask = pd.Series(True, index=table.index)
+    for field, value in row.items():
+        mask &= table[field] == str(value)
+    assert mask.sum() == 1, (row, table[list(row)])
+    return table.loc[mask, column].item()
+
+
+def test_per_category_table_keeps_the_papers_shape(zero_shot_mvtec: pd.DataFrame) -> None:
+    table = tables.build_table("april_gan_table_5", zero_shot_mvtec, "paper")
+    assert list(table.columns) == ["category", *AG_METRICS]
+    assert table["category"].tolist()[:3] == ["carpet", "bottle", "hazelnut"]
+    assert table["category"].iloc[-1] == "mean" and len(table) == 16
+    assert table.attrs["banner"] == tables.PAPER_BANNER
+    assert "ddof=1" in table.attrs["caption"]
+
+
+def test_cells_show_claim_reproduced_delta_and_flag(zero_shot_mvtec: pd.DataFrame) -> None:
+    table = tables.build_table("april_gan_table_5", zero_shot_mvtec, "paper")
+    # seeds 83.6 and 83.8: mean 83.7, sample std 0.14
+    assert _cell(table, "pixel_auroc", category="bottle") == "83.4 | 83.7±0.1 | +0.3"
+    assert _cell(table, "aupro", category="carpet") == "48.5 | 53.8±0.1 | +5.3 (!)"
+    # The mean row is computed from the categories (their printed AUPROs average 44.04; + 0.3 + 5/15),
+    # not from the printed mean.
+    assert _cell(table, "aupro", category="mean") == "44.0 | 44.7±0.1 | +0.7"
+
+
+def test_flag_threshold_is_the_larger_of_claim_std_and_one_point() -> None:
+    rows = [{"dataset": "mvtec", "category": c, "method": "spade", "setting": "few_shot", "shots": 1, "seed": s,
+             "metric": m, "value": v}
+            for c in ("bottle", "cable") for s, shift in ((0, -0.001), (1, 0.001))
+            for m, v in (("image_auroc", 0.850 + shift), ("pixel_auroc", 0.935 + shift))]
+    table = tables.build_table("april_gan_table_3", _store(rows), "paper")
+    # 82.9±2.6 claimed: Δ +2.1 is inside the claim's own std; 92.0±0.3: Δ +1.5 exceeds 1.0.
+    assert _cell(table, "image_auroc", setting="few_shot", shots=1, method="spade") == "82.9±2.6 | 85.0±0.1 | +2.1"
+    assert _cell(table, "pixel_auroc", setting="few_shot", shots=1, method="spade") == "92.0±0.3 | 93.5±0.1 | +1.5 (!)"
+
+
+def test_missing_runs_render_as_dash_never_zero(zero_shot_mvtec: pd.DataFrame) -> None:
+    table = tables.build_table("april_gan_table_3", zero_shot_mvtec, "paper")
+    assert _cell(table, "image_auroc", setting="few_shot", shots=4, method="april_gan") == "92.8±0.2 | – | –"
+    # Not printed by the paper (WinCLIP has no AP-segm) and not run.
+    assert _cell(table, "pixel_ap", setting="zero_shot", shots=0, method="winclip") == "– | – | –"
+    assert not table.drop(columns=["setting", "shots", "method"]).map(lambda c: "| 0.0" in c).any().any()
+
+
+def test_undefined_category_value_blanks_the_mean(zero_shot_mvtec: pd.DataFrame) -> None:
+    store = zero_shot_mvtec.copy()
+    undefined = (store["category"] == "tile") & (store["metric"] == "aupro")
+    store.loc[undefined, ["value", "reason"]] = [float("nan"), "no anomalous region"]
+    table = tables.build_table("april_gan_table_5", store, "paper")
+    assert _cell(table, "aupro", category="tile") == "26.7 | – | –"
+    assert _cell(table, "aupro", category="mean") == "44.0 | – | –"
+    assert _cell(table, "image_ap", category="mean") != "93.5 | – | –"
+
+
+def test_single_seed_shows_no_spread(zero_shot_mvtec: pd.DataFrame) -> None:
+    table = tables.build_table("april_gan_table_5", zero_shot_mvtec[zero_shot_mvtec["seed"] == 1], "paper")
+    assert _cell(table, "pixel_auroc", category="bottle") == "83.4 | 83.8 | +0.4"
+
+
+def test_demo_profile_banner_roles_and_profile_filter(zero_shot_mvtec: pd.DataFrame) -> None:
+    demo = zero_shot_mvtec.assign(profile="demo", dataset="demo_a")
+    table = tables.build_table("april_gan_table_3", pd.concat([demo, zero_shot_mvtec]), "demo")
+    assert table.attrs["banner"] == tables.DEMO_BANNER
+    assert "NOT comparable" in table.attrs["banner"]
+    assert _cell(table, "pixel_auroc", setting="zero_shot", shots=0, method="april_gan") == "87.6 | 87.9±0.1 | +0.3"
+    visa = tables.build_table("april_gan_table_4", demo, "demo")
+    assert _cell(visa, "pixel_auroc", setting="zero_shot", shots=0, method="april_gan") == "94.2 | – | –"
+
+
+def test_ablation_claims_match_their_variant_only() -> None:
+    rows = [{"dataset": "mvtec", "category": "bottle", "method": "agpnet", "variant": variant, "setting": "multi_class",
+             "shots": 0, "seed": 0, "metric": "image_auroc", "value": value}
+            for variant, value in (("default", 0.987), ("backbone=clip_vit_b", 0.946))]
+    table = tables.build_table("agpnet_table_6", _store(rows), "paper")
+    assert _cell(table, "image_auroc", variant="backbone=clip_vit_b", method="agpnet") == "94.6 | 94.6 | +0.0"
+    assert _cell(table, "image_auroc", variant="backbone=dino_vit_s", method="agpnet") == "98.7 | – | –"
+
+
+def test_summary_counts_within_outside_not_run(zero_shot_mvtec: pd.DataFrame) -> None:
+    summary = tables.summary_table(zero_shot_mvtec, "paper").set_index("paper")
+    compared = tables.compare(zero_shot_mvtec, "paper")
+    assert summary.loc["april_gan", "outside"] == 1  # carpet AUPRO
+    assert summary.loc["april_gan", "within"] == 112 - 1 + 7  # Table 5, plus Table 3's zero-shot row
+    assert summary.loc["winclip", "not_run"] == summary.loc["winclip", "claims"]
+    assert (summary[list(tables.STATUSES)].sum(axis=1) == summary["claims"]).all()
+    assert summary.loc["total", "claims"] == len(compared) == len(load_claims())
+    assert summary.attrs["banner"] == tables.PAPER_BANNER
+
+
+def test_write_table_formats(tmp_path, zero_shot_mvtec: pd.DataFrame) -> None:
+    table = tables.build_table("april_gan_table_5", zero_shot_mvtec, "demo")
+    csv, md, tex = tables.write_table(table, tmp_path)
+    assert [p.name for p in (csv, md, tex)] == ["april_gan_table_5.csv", "april_gan_table_5.md", "april_gan_table_5.tex"]
+    assert csv.read_text().startswith(f"# {tables.DEMO_BANNER}\n")
+    back = pd.read_csv(csv, comment="#", dtype=str, keep_default_na=False)
+    assert back.equals(table.astype(str))
+    assert tables.DEMO_BANNER in md.read_text() and "\\|" in md.read_text()
+    latex = tex.read_text()
+    assert "\\begin{tabular}{" + "l" * 8 + "}" in latex and "DEMO PROFILE" in latex and "±" not in latex
+
+
+def test_build_all_writes_every_table_in_its_layout(tmp_path) -> None:
+    claims = load_claims()
+    assert {(l.paper, l.table) for l in tables.LAYOUTS.values()} == set(zip(claims["paper"], claims["table"]))
+    paths = tables.build_all(_store([]), "demo", tmp_path)
+    assert len(paths) == 3 * (len(tables.TABLE_IDS) + 1) and all(p.is_file() for p in paths)
+    for table_id, layout in tables.LAYOUTS.items():
+        mine = claims[(claims["paper"] == layout.paper) & (claims["table"] == layout.table)]
+        written = pd.read_csv(tmp_path / f"{table_id}.csv", comment="#", dtype=str, keep_default_na=False)
+        assert list(written.columns[: len(layout.rows)]) == list(layout.rows)
+        assert len(written) == len(mine.drop_duplicates(list(layout.rows)))
+        cells = written.iloc[:, len(layout.rows):].to_numpy().ravel()
+        assert all(c.endswith("| – | –") for c in cells), table_id
+        assert sum(not c.startswith("–") for c in cells) == len(mine), table_id
+    summary = pd.read_csv(tmp_path / "summary.csv", comment="#")
+    assert summary["not_run"].tolist() == summary["claims"].tolist()
