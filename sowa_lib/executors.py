@@ -49,11 +49,18 @@ class Executor:
             failures = [o for o in outcomes if o.error is not None]
             pending = [o.job for o in failures]
         if failures:
-            details = "\n".join(f"- {o.job.describe()}: {o.error.strip().splitlines()[-1]}" for o in failures)
+            details = "\n".join(f"- {o.job.describe()}: {_last_error_line(o.error)}" for o in failures)
             raise SweepError(f"{len(failures)} job(s) failed after {self.retries} retr{'y' if self.retries == 1 else 'ies'}:\n{details}")
 
     def _map(self, jobs: list[Any], desc: str) -> list[_Outcome]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _last_error_line(error: str) -> str:
+    """The exception line of a traceback (the last line naming an error), else its last line."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    named = [line for line in lines if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]]
+    return (named or lines or ["unknown error"])[-1]
 
 
 @dataclass

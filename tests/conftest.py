@@ -1,0 +1,27 @@
+"""Shared fixtures: the demo benchmark, generated once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The embedded demo benchmark (default parameters) in a session-wide temporary folder."""
+    from sowa_lib.data import demo
+
+    root = tmp_path_factory.mktemp("demo")
+    demo.generate(root)
+    return root
+
+
+@pytest.fixture
+def demo_study(demo_data, tmp_path):
+    """The demo profile over the session's demo data, with a fresh results folder."""
+    from sowa_lib.profiles import get_profile
+
+    return get_profile("demo", data_root=demo_data, results_dir=tmp_path / "results")
