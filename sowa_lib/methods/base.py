@@ -106,3 +106,9 @@ class AnomalyMethod(nn.Module):
         for tensor in (*self.parameters(), *self.buffers()):
             return tensor.device
         return torch.device("cpu")
+
+
+def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
+    """Reject an unknown value of a fidelity switch with the allowed ones in the message."""
+    if value not in choices:
+        raise ValueError(f"{option}={value!r}; choose one of {tuple(choices)}")

@@ -1,0 +1,590 @@
+"""AGPNet: attention-guided perturbation for feature reconstruction (spec ``agpnet``; paper
+arXiv 2408.07490, ``papers/003_694cbe08c2115663.txt``).
+
+No official code exists and the exported paper lost its equations, so each value below carries its
+source: **[P]** stated in the paper text, **[V]** inherited from ViTAD (ADer code,
+datasets_metrics_agpnet §1.5), *not* stated by AGPNet, **[?]** our choice where both are silent.
+
+Reconstruction branch (kept at inference), spec §1:
+    F = Σ_l LN(f_l)                       frozen extractor taps, LayerNorm-ed one by one, summed (eq. 1) [P]
+    F̂ = Decoder(F)                        4 plain ViT blocks [P] with a learnable position embedding [V]
+    map = blur_σ(up(d(F, F̂)))             d = 1 − cos per token [V] (L2 option), bilinear up [P], σ = 4 [V]
+    score = max(avg_pool_16(map))          max of the average-pooled map [P], 16×16 window, stride 1 [V]
+Perturbation branch (training only), spec §2:
+    A = Norm(mean(Norm(A_prior), Norm(A_teacher)))      prior: extractor CLS attention [P]; teacher:
+                                                         EMA decoder's attention [P]; the combination [?]
+    F̃ = F + λ(t)·γ·Norm(A) ⊙ ε,  ε ~ N(0, I)            eq. 4 [P]; λ: 0 → 1 over epochs 1–400 of 500 [P]
+    x̃ = x + σ_img·top_r(up(A)) ⊙ ε′                      r: 0.6 → 1 over epochs 100–400 [P]; σ_img = 1 [?]
+    L = L_f + L_if = d(Dec(F̃), F) + d(Dec(F̃(x̃)), F)    eqs. 6–7 [P]; d = flat 1 − cos per sample [V]
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+from tqdm.auto import tqdm
+
+from sowa_lib import ops
+from sowa_lib.backbones.clip import ClipBackbone, as_backbone as as_clip_backbone, model_config as clip_model_config
+from sowa_lib.backbones.cnn import BACKBONES as CNN_BACKBONES, TappedCNN, build_backbone as build_cnn
+from sowa_lib.backbones.dino import DINO_IMAGE_SIZE, DINO_VIT_S16, TINY_DINO, DinoBackbone, explicit_attention, load_dino
+from sowa_lib.data.sample import Sample
+from sowa_lib.data.transforms import load_images
+from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
+
+SETTINGS = ("multi_class", "one_class", "few_shot")
+NOISE_TYPES = ("attention", "random", "none")
+MASK_SOURCES = ("both", "prior", "teacher")
+CHECKPOINT_NAME = "last.pt"
+
+# ------------------------------------------------------------------------------- schedules (§2–3)
+# Epochs are 1-based. Every schedule is a function of (epoch, total epochs) with its breakpoints as
+# fractions of the paper's 500 epochs, so a short demo run keeps the curriculum's shape.
+
+
+def linear_ramp(epoch: int, total_epochs: int, start: float, end: float, low: float, high: float) -> float:
+    """``low`` up to epoch ``max(1, start·total)``, ``high`` from epoch ``end·total``, linear between."""
+    first, last = max(1.0, start * total_epochs), end * total_epochs
+    if last <= first:
+        return high if epoch >= last else low
+    progress = min(max((epoch - first) / (last - first), 0.0), 1.0)
+    return low + (high - low) * progress
+
+
+def feature_noise_intensity(epoch: int, total_epochs: int) -> float:
+    """λ(t): 0 at epoch 1 rising linearly to 1.0 at epoch 400 of 500 [P, §4.1 "Implement Details"]."""
+    return linear_ramp(epoch, total_epochs, 0.0, 0.8, 0.0, 1.0)
+
+
+def image_noise_ratio(epoch: int, total_epochs: int) -> float:
+    """r(t): fraction of pixels noised, 0.6 until epoch 100 rising to 1.0 at epoch 400 of 500 [P]."""
+    return linear_ramp(epoch, total_epochs, 0.2, 0.8, 0.6, 1.0)
+
+
+def learning_rate_factor(epoch: int, total_epochs: int, decay_fraction: float = 0.4) -> float:
+    """1 for the first 40 % of the epochs, then 0.1 ("reduced by 0.1 after 200 epochs" of 500) [P]."""
+    return 1.0 if epoch <= decay_fraction * total_epochs else 0.1
+
+
+# -------------------------------------------------------------------------- tensor pieces (§1–3)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """Mean teacher (eq. 3, Tarvainen & Valpola): ``θ_t ← m·θ_t + (1 − m)·θ_s`` for every parameter."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+
+
+def minmax_per_sample(values: torch.Tensor) -> torch.Tensor:
+    """Norm(·) of eq. 4: each sample (first dim) rescaled to [0, 1]; constant samples become 0."""
+    flat = values.flatten(1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    span = high - low
+    return torch.where(span > 0, (flat - low) / span.clamp_min(1e-12), torch.zeros_like(flat)).view_as(values)
+
+
+def top_ratio_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boolean mask ``[N, ...]`` keeping exactly ``round(ratio·size)`` highest scores of each sample."""
+    flat = scores.flatten(1)
+    keep = round(ratio * flat.shape[1])
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, flat.topk(keep, dim=1).indices, True)
+    return mask.view_as(scores)
+
+
+def flat_cosine_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Batch mean of 1 − cos between whole flattened samples (ViTAD ``CosLoss(flat=True)`` [V])."""
+    return (1.0 - F.cosine_similarity(prediction.flatten(1), target.flatten(1), dim=1)).mean()
+
+
+def token_distance(prediction: torch.Tensor, target: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-token reconstruction error ``[N, T]`` (eq. 8): ``"cosine"`` 1 − cos [V] or ``"l2"``."""
+    if metric == "cosine":
+        return 1.0 - F.cosine_similarity(prediction, target, dim=-1)
+    if metric == "l2":
+        return (prediction - target).norm(dim=-1)
+    raise ValueError(f"unknown distance {metric!r}; use 'cosine' or 'l2'")
+
+
+def layer_norm_sum(taps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. 1: ``Σ_l LN(f_l)`` over equally wide token maps ``[N, T, C]`` [P]. The LayerNorms carry no
+    affine parameters [?]: the target must stay fixed, a learnable scale could shrink it to zero."""
+    return torch.stack([F.layer_norm(t, t.shape[-1:]) for t in taps]).sum(0)
+
+
+def rotate_flip_augment(images: torch.Tensor, folds: int = 32) -> torch.Tensor:
+    """``[K, 3, S, S]`` -> ``[folds·K, 3, S, S]``: the few-shot "32-fold data augmentation (rotate and
+    flip)" [P], realised as ``folds/2`` rotations by multiples of ``720°/folds`` (22.5° for 32), each
+    with and without a horizontal flip [?]. Corners are filled with 0 (the normalised mean colour) [?]."""
+    from torchvision.transforms.functional import InterpolationMode, rotate
+
+    if folds % 2:
+        raise ValueError("folds must be even (rotations × {no flip, flip})")
+    views = []
+    for angle in torch.arange(folds // 2).mul(720.0 / folds).tolist():
+        rotated = rotate(images, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+        views += [rotated, rotated.flip(-1)]
+    return torch.cat(views)
+
+
+# ---------------------------------------------------------------------- extractors (spec §1, §2)
+
+
+class _VitTaps(nn.Module):
+    """DINO ViT (timm): taps fused by eq. 1; prior = CLS→patch attention of ``attention_blocks``,
+    averaged over heads and blocks ("element-wise average pooling") [P]."""
+
+    def __init__(self, backbone: DinoBackbone, taps: Sequence[int], attention_blocks: Sequence[int]) -> None:
+        super().__init__()
+        self.backbone, self.taps, self.attention_blocks = backbone, tuple(taps), tuple(attention_blocks)
+        self.width, self.num_heads, self.grid_size = backbone.width, backbone.num_heads, backbone.grid_size
+
+    @property
+    def weights_id(self) -> str:
+        return f"{self.backbone.name}:{self.backbone.pretrained or 'random'}"
+
+    def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        taps, attention = self.backbone(images, self.taps, self.attention_blocks if with_prior else ())
+        return layer_norm_sum(taps), None if attention is None else attention.mean(dim=(1, 2))
+
+
+def _multihead_attention_weights(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """``softmax(q kᵀ/√d)`` ``[B, heads, L, L]`` of an ``nn.MultiheadAttention`` on batch-first ``x``."""
+    batch, length, width = x.shape
+    heads = attention.num_heads
+    q, k, _ = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    q, k = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in (q, k))
+    return (q @ k.transpose(-2, -1) / math.sqrt(width // heads)).softmax(dim=-1)
+
+
+class _ClipTaps(nn.Module):
+    """CLIP ViT (open_clip) for the backbone ablation (Table 6): patch tokens of the taps fused by
+    eq. 1; prior = CLS→patch attention recomputed from each attention block's ``ln_1`` output."""
+
+    def __init__(self, backbone: ClipBackbone, taps: Sequence[int], attention_blocks: Sequence[int]) -> None:
+        super().__init__()
+        self.backbone, self.taps, self.attention_blocks = backbone, tuple(taps), tuple(attention_blocks)
+        self.width, self.grid_size = backbone.width, backbone.grid_size
+        self.num_heads = backbone.blocks[0].attn.num_heads
+
+    @property
+    def weights_id(self) -> str:
+        return f"{self.backbone.name}:{self.backbone.pretrained or 'random'}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        inputs: dict[int, torch.Tensor] = {}
+        batch_first = self.backbone.visual.transformer.batch_first
+        hooks = [
+            self.backbone.blocks[i].ln_1.register_forward_hook(
+                lambda _m, _a, out, i=i: inputs.__setitem__(i, out if batch_first else out.transpose(0, 1)))
+            for i in (self.attention_blocks if with_prior else ())
+        ]
+        try:
+            _, taps = self.backbone.encode_image(images, self.taps)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        prior = None
+        if with_prior:
+            rows = [_multihead_attention_weights(self.backbone.blocks[i].attn, inputs[i])[:, :, 0, 1:] for i in self.attention_blocks]
+            prior = torch.stack(rows, dim=1).mean(dim=(1, 2))
+        return layer_norm_sum([t[:, 1:] for t in taps]), prior
+
+
+class _CnnTaps(nn.Module):
+    """CNN backbone ablation (Table 6: WideResNet-50, EfficientNet-B4). **Our choices [?]** — the
+    paper gives no detail for CNNs:
+
+    - target: each tapped stage average-pooled to the /16 grid (16×16 at 256 px), LayerNorm-ed over
+      channels, then **concatenated** (eq. 1 sums, which needs equal widths; stages differ);
+    - prior: activation-based spatial attention (Zagoruyko & Komodakis 2017, "attention transfer"),
+      the channel mean of squared activations of each stage, min-max normalised per image and
+      averaged over the stages; a CNN has no self-attention to reuse.
+    """
+
+    num_heads = None
+
+    def __init__(self, backbone: TappedCNN, taps: Sequence[str], image_size: int) -> None:
+        super().__init__()
+        self.backbone, self.taps = backbone, tuple(taps)
+        self.grid_size = image_size // 16
+        self.width = sum(backbone.channels(self.taps).values())
+
+    @property
+    def weights_id(self) -> str:
+        return f"{self.backbone.arch}:{self.backbone.weights or 'random'}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        grid = (self.grid_size, self.grid_size)
+        stages = [F.adaptive_avg_pool2d(f, grid).flatten(2).transpose(1, 2) for f in self.backbone(images, self.taps).values()]
+        target = torch.cat([F.layer_norm(s, s.shape[-1:]) for s in stages], dim=-1)
+        prior = torch.stack([minmax_per_sample(s.pow(2).mean(-1)) for s in stages]).mean(0) if with_prior else None
+        return target, prior
+
+
+#: Default taps per backbone family. ViTs: 0-based blocks 2/5/8/11 = the spec's 1-based 3/6/9/12
+#: ("shallow + deep", Table 8) [V-style, ?]. CNNs: strides 4/8/16 [?].
+DEFAULT_VIT_TAPS = (2, 5, 8, 11)
+DEFAULT_CNN_TAPS = ("layer1", "layer2", "layer3")
+#: "CLIP (ViT-B)" of Table 6 is ``backbone=CLIP_VIT_B``; the exact checkpoint is not stated [?].
+CLIP_VIT_B, CLIP_PRETRAINED = "ViT-B-16", "openai"
+
+
+def _is_clip_name(name: str | nn.Module) -> bool:
+    if not isinstance(name, str):
+        return False
+    try:
+        clip_model_config(name)
+    except KeyError:
+        return False
+    return True
+
+
+def build_extractor(
+    backbone: str | nn.Module, pretrained: str | None, image_size: int, taps: Sequence | None,
+    attention_blocks: Sequence[int] | None,
+) -> tuple[nn.Module, str]:
+    """The frozen extractor adapter for ``backbone`` and the input normalisation it expects.
+
+    ``pretrained="default"`` picks each family's usual weights: timm's DINO tag, CLIP ``openai``,
+    torchvision ``IMAGENET1K_V1``. Tiny models (names ``tiny*``) are random with their builders' fixed
+    seed: they stand in for pretrained weights, so AGPNet's training ``seed`` does not change them.
+    """
+    tiny = isinstance(backbone, str) and backbone.startswith("tiny")
+    if isinstance(backbone, TappedCNN) or backbone in CNN_BACKBONES:
+        cnn = build_cnn(backbone, None if tiny else ("IMAGENET1K_V1" if pretrained == "default" else pretrained))
+        return _CnnTaps(cnn, tuple(taps if taps is not None else DEFAULT_CNN_TAPS), image_size), "imagenet"
+    vit_taps = tuple(taps if taps is not None else DEFAULT_VIT_TAPS)
+    attention = tuple(attention_blocks if attention_blocks is not None else vit_taps)
+    if isinstance(backbone, ClipBackbone) or _is_clip_name(backbone):
+        tag = None if tiny else (CLIP_PRETRAINED if pretrained == "default" else pretrained)
+        clip = as_clip_backbone(backbone, tag, image_size=image_size, quick_gelu=tag == "openai")
+        return _ClipTaps(clip, vit_taps, attention), "clip"
+    if not isinstance(backbone, DinoBackbone):
+        tag = None if tiny else ("timm" if pretrained == "default" else pretrained)
+        backbone = load_dino(backbone, tag, image_size=image_size)
+    if backbone.image_size != image_size:
+        raise ValueError(f"the DINO backbone runs at {backbone.image_size}px, AGPNet at {image_size}px")
+    return _VitTaps(backbone, vit_taps, attention), "imagenet"
+
+
+# ------------------------------------------------------------------------------- decoder (§1)
+
+
+class ReconstructionDecoder(nn.Module):
+    """Plain ViT decoder: learnable position embedding (no CLS) [V], ``depth`` pre-norm timm blocks
+    (4 [P]; MLP ratio 4, qkv bias [V]), no final norm [V]. When the feature width differs from the
+    decoder width (CNN backbones) linear in/out projections map between them, as UniAD does [?]."""
+
+    def __init__(self, feature_dim: int, tokens: int, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.in_proj = nn.Identity() if feature_dim == dim else nn.Linear(feature_dim, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth))
+        self.out_proj = nn.Identity() if feature_dim == dim else nn.Linear(dim, feature_dim)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():  # timm's ViT init, as ViTAD's timm-built decoder [V]
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.in_proj(features) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.out_proj(x)
+
+    @torch.no_grad()
+    def attention_received(self, features: torch.Tensor) -> torch.Tensor:
+        """Learnable mask source ``[N, T]``: the attention each token receives as a key, averaged over
+        queries, heads and blocks (the decoder has no CLS token to read a row from) [?]."""
+        x = self.in_proj(features) + self.pos_embed
+        received = []
+        for block in self.blocks:
+            received.append(explicit_attention(block, x).mean(dim=(1, 2)))
+            x = block(x)
+        return torch.stack(received).mean(0)
+
+
+# --------------------------------------------------------------------------------------- method
+
+
+class AGPNet(AnomalyMethod):
+    """AGPNet (spec ``agpnet``), trained on normal target images: multi-class (one model for all
+    categories), one-class (one per category; the runner calls :meth:`fit` per category) or
+    few-shot (training on the K references inside :meth:`set_references`).
+
+    Every ablation of the paper is an option: ``feature_noise`` / ``image_noise`` ∈ {"attention",
+    "random", "none"} (Table 5), ``feature_noise_scale`` fixed λ ∈ {0.5, 1.0, 1.5} vs the schedule
+    (None; Table 7), ``mask_source`` ∈ {"both", "prior", "teacher"} (Table 7 B/L/D), ``taps`` (Table 8),
+    ``mean_teacher`` (Table 8), ``backbone`` (Table 6: DINO ViT-S, CLIP ViT-B ``"ViT-B-16"``,
+    ``"wide_resnet50_2"``, ``"efficientnet_b4"``).
+    """
+
+    name: ClassVar[str] = "agpnet"
+    normalization: ClassVar[str] = "imagenet"
+    training_data: ClassVar[str] = "target"
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {
+        # Tiny ViT of the DINO family at 128 px (8×8 tokens); σ and the pooling window scaled with the
+        # image. The curriculum keeps its shape (schedules are fractions of the epochs). EMA: the
+        # paper's ~5.7k updates (57k steps / 10) over a 10k-update horizon (m = 0.9999) give a ratio
+        # ~0.6; the demo's multi-class run (32 updates, one per step, horizon 50) keeps it. Few-shot
+        # uses the 8 right-angle rotations/flips and half the epochs to fit the CPU budget.
+        "demo": {
+            "backbone": TINY_DINO, "image_size": 128, "taps": (0, 1, 2, 3), "epochs": 8, "batch_size": 8,
+            "lr": 1e-3, "ema_every": 1, "ema_momentum": 0.98, "gaussian_sigma": 2.0, "score_pool": 8,
+            "few_shot_folds": 8, "few_shot_epochs": 4,
+        },
+    }
+
+    def __init__(
+        self,
+        *,
+        setting: str = "multi_class",
+        backbone: str | nn.Module = DINO_VIT_S16,
+        pretrained: str | None = "default",
+        image_size: int = DINO_IMAGE_SIZE,
+        taps: Sequence | None = None,
+        attention_blocks: Sequence[int] | None = None,
+        decoder_depth: int = 4,
+        decoder_dim: int | None = None,
+        decoder_heads: int | None = None,
+        epochs: int = 500,
+        batch_size: int = 32,
+        lr: float | None = None,
+        weight_decay: float = 1e-4,
+        lr_decay_fraction: float = 0.4,
+        feature_noise: str = "attention",
+        image_noise: str = "attention",
+        feature_noise_scale: float | None = None,
+        noise_gamma: float = 1.0,
+        image_noise_std: float = 1.0,
+        mask_source: str = "both",
+        mean_teacher: bool = True,
+        ema_momentum: float = 0.9999,
+        ema_every: int = 10,
+        distance: str = "cosine",
+        gaussian_sigma: float = 4.0,
+        score_pool: int = 16,
+        few_shot_folds: int = 32,
+        few_shot_epochs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """Defaults reproduce the paper (tags as in the module docstring).
+
+        setting: "multi_class" [P headline] / "one_class" / "few_shot".
+        backbone, pretrained: DINO ViT-S/16 [P] via timm, ``pretrained`` "default" (timm tag), a local
+            file, or None (random); or a built :class:`DinoBackbone` / :class:`ClipBackbone` / CNN name.
+        image_size: 256 [V]. taps: 0-based blocks (2, 5, 8, 11) [V-style, ?]; attention_blocks: whose
+            CLS attention forms the prior, default the taps ("the associated attention maps") [P].
+        decoder_depth 4 [P]; decoder_dim / decoder_heads: default the extractor's width / heads
+            (384 / 6 for ViT-S [P]; CNNs: 384 / 6 [?]).
+        epochs 500, batch_size 32 [P]; lr: default 1e-4·batch/8 [V]; weight_decay 1e-4 [V];
+            lr × 0.1 after ``lr_decay_fraction`` of the epochs (200/500) [P].
+        feature_noise_scale: None = the 0 → 1 schedule [P]; a float fixes λ (Table 7 ablation).
+        noise_gamma γ = 1 [?]; image_noise_std = 1 in normalised pixel units [?].
+        mask_source "both" [P best]; mean_teacher True, ema_momentum 0.9999, ema_every 10 steps [P].
+        distance "cosine" [V] or "l2"; gaussian_sigma 4 [V]; score_pool 16 (stride 1) [V].
+        few_shot_folds 32 [P]; few_shot_epochs: default ``epochs`` (the paper gives none for few-shot) [?].
+        seed: decoder init, shuffling and noise.
+        """
+        super().__init__()
+        for option, value, allowed in (("setting", setting, SETTINGS), ("feature_noise", feature_noise, NOISE_TYPES),
+                                       ("image_noise", image_noise, NOISE_TYPES), ("mask_source", mask_source, MASK_SOURCES),
+                                       ("distance", distance, ("cosine", "l2"))):
+            check_choice(option, value, allowed)
+        self.setting, self.image_size, self.seed = setting, image_size, seed
+        self.extractor, self.normalization = build_extractor(backbone, pretrained, image_size, taps, attention_blocks)
+        self.decoder_shape = dict(
+            feature_dim=self.extractor.width, tokens=self.extractor.grid_size ** 2,
+            dim=decoder_dim or (self.extractor.width if self.extractor.num_heads else 384),
+            depth=decoder_depth, heads=decoder_heads or self.extractor.num_heads or 6,
+        )
+        self.epochs, self.batch_size, self.weight_decay, self.lr_decay_fraction = epochs, batch_size, weight_decay, lr_decay_fraction
+        self.lr = lr if lr is not None else 1e-4 * batch_size / 8
+        self.feature_noise, self.image_noise, self.mask_source = feature_noise, image_noise, mask_source
+        self.feature_noise_scale, self.noise_gamma, self.image_noise_std = feature_noise_scale, noise_gamma, image_noise_std
+        self.mean_teacher, self.ema_momentum, self.ema_every = mean_teacher, ema_momentum, ema_every
+        self.distance, self.gaussian_sigma, self.score_pool = distance, gaussian_sigma, score_pool
+        self.few_shot_folds, self.few_shot_epochs = few_shot_folds, few_shot_epochs or epochs
+        self.reset_decoder()
+
+    # ------------------------------------------------------------------ model pieces
+    def reset_decoder(self) -> None:
+        """A freshly initialised decoder (from ``seed``) and its mean-teacher copy."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            decoder = ReconstructionDecoder(**self.decoder_shape)
+        device = self.device
+        self.decoder = decoder.to(device)
+        self.teacher = copy.deepcopy(self.decoder).requires_grad_(False)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor options, with ``pretrained`` resolved to the weights actually loaded."""
+        return {**super().config(), "pretrained": self.extractor.weights_id}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """``decoder.*`` (used at inference) and ``teacher.*`` (EMA copy, training only)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(("decoder.", "teacher."))}
+
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target ``F`` and reconstruction ``F̂``, both ``[N, T, C]``, of clean images."""
+        target, _ = self.extractor(images, with_prior=False)
+        return target, self.decoder(target)
+
+    # ------------------------------------------------------------------ inference (§1)
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, category: str) -> Prediction:
+        """Anomaly maps ``[N, S, S]``: per-token distance, bilinear up (align_corners=True [V]),
+        Gaussian σ; scores: max of the ``score_pool``-window average-pooled map (stride 1)."""
+        target, reconstruction = self.reconstruct(images)
+        grid = ops.tokens_to_grid(token_distance(reconstruction, target, self.distance))
+        maps = ops.gaussian_blur(ops.resize_maps(grid, self.image_size, align_corners=True), self.gaussian_sigma)
+        scores = F.avg_pool2d(maps.unsqueeze(1), self.score_pool, stride=1).flatten(1).amax(dim=1)
+        return Prediction(scores=scores.float().cpu(), maps=maps.float().cpu())
+
+    # ------------------------------------------------------------------ perturbation (§2)
+    def attention_mask(self, target: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """Final mask ``A`` ``[N, T]`` in [0, 1]: min-max normalised prior and/or learnable mask, averaged
+        when both [?]; the learnable one comes from the EMA teacher, or from the decoder itself when
+        ``mean_teacher=False`` (Table 8 baseline)."""
+        parts = []
+        if self.mask_source in ("both", "prior"):
+            parts.append(minmax_per_sample(prior))
+        if self.mask_source in ("both", "teacher"):
+            source = self.teacher if self.mean_teacher else self.decoder
+            parts.append(minmax_per_sample(source.attention_received(target)))
+        return minmax_per_sample(torch.stack(parts).mean(0))
+
+    def perturbed_inputs(
+        self, images: torch.Tensor, epoch: int, total_epochs: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The clean target ``F`` and the decoder inputs at ``epoch`` of ``total_epochs``: feature-perturbed
+        ``F̃`` and, unless ``image_noise="none"``, the image- and feature-perturbed ``F̃(x̃)`` (eqs. 4, 6–7)."""
+        wants_attention = "attention" in (self.feature_noise, self.image_noise)
+        with torch.no_grad():
+            target, prior = self.extractor(images, with_prior=wants_attention and self.mask_source != "teacher")
+            tokens = target.shape[:2]
+            mask = self.attention_mask(target, prior) if wants_attention else None
+            scale = self.feature_noise_scale if self.feature_noise_scale is not None else feature_noise_intensity(epoch, total_epochs)
+            feature_weight = self._feature_weight(tokens, mask, generator)
+
+            def perturb_features(features: torch.Tensor) -> torch.Tensor:
+                if feature_weight is None:
+                    return features
+                noise = torch.randn(features.shape, generator=generator, device=features.device)
+                return features + scale * self.noise_gamma * feature_weight.unsqueeze(-1) * noise
+
+            inputs = [perturb_features(target)]
+            if self.image_noise != "none":
+                scores = mask if self.image_noise == "attention" else torch.rand(tokens, generator=generator, device=target.device)
+                region = self._image_region(scores, image_noise_ratio(epoch, total_epochs))
+                noise = torch.randn(images.shape, generator=generator, device=images.device)
+                noisy_target, _ = self.extractor(images + self.image_noise_std * region.unsqueeze(1) * noise, with_prior=False)
+                inputs.append(perturb_features(noisy_target))
+        return target, inputs
+
+    def _feature_weight(self, tokens: torch.Size, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor | None:
+        """Norm(A) for "attention" [P]; a uniform all-ones mask for "random" (same noise everywhere) [?]."""
+        if self.feature_noise == "attention":
+            return mask
+        if self.feature_noise == "random":
+            return torch.ones(tokens, device=generator.device)
+        return None
+
+    def _image_region(self, token_scores: torch.Tensor, ratio: float) -> torch.Tensor:
+        """Token scores ``[N, T]`` upsampled bilinearly to the image and binarised keeping the top
+        ``ratio`` of pixels [P] -> float ``[N, S, S]``. For "random" the scores are uniform noise, so
+        a random region of the same area is noised [?]."""
+        upsampled = ops.resize_maps(ops.tokens_to_grid(token_scores), self.image_size, align_corners=True)
+        return top_ratio_mask(upsampled, ratio).float()
+
+    # ------------------------------------------------------------------ training (§3)
+    def training_loss(self, images: torch.Tensor, epoch: int, total_epochs: int, generator: torch.Generator) -> torch.Tensor:
+        """``L = L_f + L_if``: every perturbed input's reconstruction against the clean ``F``."""
+        target, inputs = self.perturbed_inputs(images, epoch, total_epochs, generator)
+        reconstructions = self.decoder(torch.cat(inputs)).split(len(images))
+        return sum(flat_cosine_loss(r, target) for r in reconstructions)
+
+    def fit(self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+        """Train on the normal images of ``samples`` (multi-/one-class); resumes from
+        ``checkpoint_dir/last.pt`` when present. Few-shot training happens in :meth:`set_references`."""
+        if self.setting == "few_shot":
+            raise ValueError("few-shot AGPNet trains on the K references in set_references, not in fit")
+        normal = [s for s in samples if s.label == 0]
+        if not normal:
+            raise ValueError("AGPNet trains on normal images; none given")
+        images = load_images(normal, self.image_size, self.normalization)
+        return self.train_on_images(images, self.epochs, checkpoint_dir=checkpoint_dir, progress=progress)
+
+    def set_references(self, images: torch.Tensor, category: str) -> None:
+        """Few-shot: a fresh decoder trained on the 32-fold rotate/flip augmented K references [P]."""
+        if self.setting != "few_shot":
+            if len(images):
+                raise ValueError(f"AGPNet built with setting={self.setting!r} takes no references; use setting='few_shot'")
+            return
+        if not len(images):
+            raise ValueError("few-shot AGPNet needs K >= 1 reference images")
+        self.reset_decoder()
+        self.train_on_images(rotate_flip_augment(images.cpu(), self.few_shot_folds), self.few_shot_epochs, progress=False)
+
+    def train_on_images(
+        self, images: torch.Tensor, epochs: int, *, checkpoint_dir: Path | None = None, progress: bool = True
+    ) -> dict[str, Any]:
+        """AdamW over ``epochs`` epochs of shuffled batches; the EMA teacher follows every
+        ``ema_every`` steps. After each epoch decoder, teacher, optimiser, epoch, step counter and
+        RNG state are written atomically, so a resumed run continues bit for bit."""
+        device = self.device
+        optimizer = torch.optim.AdamW(self.decoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        state = {"epoch": 0, "step": 0, "loss": []}
+        path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        if path is not None and path.is_file():
+            state = self._resume(path, optimizer, generator, len(images), epochs)
+        self.decoder.train()
+        for epoch in tqdm(range(state["epoch"] + 1, epochs + 1), desc="agpnet", disable=not progress,
+                          initial=state["epoch"], total=epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr * learning_rate_factor(epoch, epochs, self.lr_decay_fraction)
+            losses = []
+            for index in torch.randperm(len(images), generator=generator, device=device).split(self.batch_size):
+                loss = self.training_loss(images[index.cpu()].to(device), epoch, epochs, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                state["step"] += 1
+                if self.mean_teacher and state["step"] % self.ema_every == 0:
+                    ema_update(self.teacher, self.decoder, self.ema_momentum)
+                losses.append(loss.item())
+            state["epoch"], state["loss"] = epoch, [*state["loss"], sum(losses) / len(losses)]
+            if path is not None:
+                self._save(path, optimizer, generator, state, len(images), epochs)
+        self.decoder.eval()
+        return {"loss": state["loss"], "epochs": epochs, "steps": state["step"], "images": len(images)}
+
+    def _save(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict, n_images: int, epochs: int) -> None:
+        from sowa_lib.evaluate import atomic_torch_save
+
+        atomic_torch_save({
+            "model": self.trainable_state_dict(), "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(), "n_images": n_images, "epochs": epochs, **state,
+        }, path)
+
+    def _resume(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, n_images: int, epochs: int) -> dict:
+        saved = torch.load(path, map_location=self.device, weights_only=True)
+        if (saved["n_images"], saved["epochs"]) != (n_images, epochs):
+            raise ValueError(f"{path} was written for {saved['n_images']} images / {saved['epochs']} epochs, "
+                             f"not {n_images} / {epochs}; delete it to start over")
+        self.load_trainable_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"].cpu())
+        return {"epoch": saved["epoch"], "step": saved["step"], "loss": list(saved["loss"])}

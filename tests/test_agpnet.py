@@ -1,0 +1,351 @@
+"""AGPNet (spec agpnet) and its DINO backbone: equations by hand, schedules at their end points, EMA,
+shapes, training in every setting, resume after interruption, determinism, ablation options."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from sowa_lib import metrics, methods
+from sowa_lib.backbones.clip import WeightsNotFoundError
+from sowa_lib.backbones.dino import TINY_DINO, explicit_attention, load_dino
+from sowa_lib.data.sample import Sample
+from sowa_lib.data.transforms import load_images, load_masks
+from sowa_lib.methods import agpnet
+from sowa_lib.methods.agpnet import AGPNet
+
+SIZE = 64  # tiny-dino at 64 px: a 4×4 token grid
+
+
+def tiny(**overrides) -> AGPNet:
+    options = dict(backbone=TINY_DINO, image_size=SIZE, taps=(0, 1, 2, 3), epochs=4, batch_size=4, lr=1e-3,
+                   ema_every=1, ema_momentum=0.9, gaussian_sigma=1.0, score_pool=4, few_shot_folds=4)
+    return methods.build("agpnet", **{**options, **overrides})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two that contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------------------- generated data
+
+
+def _write(array: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _normal(rng: np.random.Generator) -> np.ndarray:
+    """A striped texture with a random phase and mild noise."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    phase = rng.uniform(0, 2 * np.pi)
+    base = 0.5 + 0.3 * np.sin(xx / 3.0 + phase)[..., None] * np.array([1.0, 0.6, 0.3])
+    return np.clip((base + rng.normal(0, 0.03, (SIZE, SIZE, 3))) * 255, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> dict[str, list[Sample]]:
+    """8 normal train images, 3 normal and 3 anomalous (bright square) test images of one category."""
+    root = tmp_path_factory.mktemp("stripes")
+    rng = np.random.default_rng(0)
+
+    def sample(split: str, index: int, anomalous: bool) -> Sample:
+        image, mask_path = _normal(rng), None
+        defect = "square" if anomalous else "good"
+        if anomalous:
+            mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+            top, left = rng.integers(8, SIZE - 24, 2)
+            mask[top:top + 16, left:left + 16] = 255
+            image[mask > 0] = (250, 20, 200)
+            mask_path = _write(mask, root / "ground_truth" / defect / f"{index:03d}_mask.png")
+        path = _write(image, root / split / defect / f"{index:03d}.png")
+        return Sample(path, mask_path, int(anomalous), "stripes", defect, split, "generated", root)
+
+    train = [sample("train", i, False) for i in range(8)]
+    test = [sample("test", i, i >= 3) for i in range(6)]
+    return {"train": train, "test": test}
+
+
+# ------------------------------------------------------------------------------- DINO backbone
+
+
+def test_explicit_attention_reproduces_the_fused_block() -> None:
+    dino = load_dino(TINY_DINO, None, image_size=SIZE, seed=0)
+    block = dino.model.blocks[0]
+    x = torch.randn(2, 17, dino.width)
+    weights = explicit_attention(block, x)
+    assert weights.shape == (2, dino.num_heads, 17, 17)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, dino.num_heads, 17))
+    attn = block.attn
+    v = attn.qkv(block.norm1(x)).reshape(2, 17, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)[2]
+    by_hand = attn.proj((weights @ v).transpose(1, 2).reshape(2, 17, -1))
+    torch.testing.assert_close(by_hand, attn(block.norm1(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_dino_taps_and_cls_attention_shapes() -> None:
+    dino = load_dino(TINY_DINO, None, image_size=SIZE, seed=0)
+    images = torch.randn(3, 3, SIZE, SIZE)
+    taps, attention = dino(images, taps=[3, 1], attention_blocks=[3])
+    assert [t.shape for t in taps] == [(3, 16, dino.width)] * 2
+    assert attention.shape == (3, 1, dino.num_heads, 16)
+    assert torch.all(attention.sum(-1) < 1) and torch.all(attention > 0)  # the CLS key takes the rest
+    full = dino.model.forward_features(images)  # timm's own path: final norm after block 3
+    torch.testing.assert_close(dino.model.norm(taps[0]), full[:, 1:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(IndexError, match="0-based"):
+        dino(images, taps=[4])
+
+
+def test_dino_loads_a_local_checkpoint_and_resamples_the_grid(tmp_path: Path) -> None:
+    source = load_dino(TINY_DINO, None, image_size=SIZE, seed=3)
+    path = tmp_path / "dino.pth"
+    torch.save(source.model.state_dict(), path)
+    same = load_dino(TINY_DINO, path, image_size=SIZE)
+    images = torch.randn(1, 3, SIZE, SIZE)
+    torch.testing.assert_close(same(images, [3])[0][0], source(images, [3])[0][0])
+    bigger = load_dino(TINY_DINO, path, image_size=2 * SIZE)
+    assert bigger.model.pos_embed.shape[1] == 1 + 64
+    torch.testing.assert_close(bigger.model.pos_embed[:, 0], source.model.pos_embed[:, 0])
+
+
+def test_missing_dino_file_says_what_to_download_and_where() -> None:
+    with pytest.raises(WeightsNotFoundError, match=r"dino_deitsmall16_pretrain\.pth.*pretrained="):
+        load_dino(pretrained="/nonexistent/dino_deitsmall16_pretrain.pth")
+
+
+# ------------------------------------------------------------------------------- schedules
+
+
+def test_schedules_at_their_end_points_for_the_paper_500_epochs() -> None:
+    lam, ratio, lr = agpnet.feature_noise_intensity, agpnet.image_noise_ratio, agpnet.learning_rate_factor
+    assert lam(1, 500) == 0.0 and lam(400, 500) == 1.0 and lam(500, 500) == 1.0
+    assert lam(200, 500) == pytest.approx(199 / 399)
+    assert ratio(1, 500) == 0.6 and ratio(100, 500) == 0.6 and ratio(400, 500) == 1.0 and ratio(500, 500) == 1.0
+    assert ratio(250, 500) == pytest.approx(0.8)
+    assert lr(200, 500) == 1.0 and lr(201, 500) == 0.1 and lr(500, 500) == 0.1
+
+
+def test_schedules_keep_their_shape_when_compressed() -> None:
+    assert [agpnet.feature_noise_intensity(e, 5) for e in range(1, 6)] == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])
+    assert [agpnet.image_noise_ratio(e, 5) for e in range(1, 6)] == pytest.approx([0.6, 0.6 + 0.4 / 3, 0.6 + 0.8 / 3, 1, 1])
+    assert [agpnet.learning_rate_factor(e, 5) for e in range(1, 6)] == [1, 1, 0.1, 0.1, 0.1]
+
+
+def test_ema_update_on_a_toy_module() -> None:
+    student, teacher = nn.Linear(2, 1), nn.Linear(2, 1)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[1.0, 2.0]])), student.bias.fill_(4.0)
+        teacher.weight.copy_(torch.tensor([[0.0, 10.0]])), teacher.bias.fill_(0.0)
+    agpnet.ema_update(teacher, student, momentum=0.75)
+    torch.testing.assert_close(teacher.weight, torch.tensor([[0.25, 8.0]]))
+    torch.testing.assert_close(teacher.bias, torch.tensor([1.0]))
+    torch.testing.assert_close(student.weight, torch.tensor([[1.0, 2.0]]))  # the student is untouched
+
+
+# ------------------------------------------------------------------------------- equations
+
+
+def test_minmax_and_top_ratio_mask_by_hand() -> None:
+    values = torch.tensor([[2.0, 4.0, 3.0, 6.0], [1.0, 1.0, 1.0, 1.0]])
+    assert agpnet.minmax_per_sample(values).tolist() == [[0.0, 0.5, 0.25, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    scores = torch.tensor([[[0.1, 0.9], [0.5, 0.3]]])
+    assert agpnet.top_ratio_mask(scores, 0.5).tolist() == [[[False, True], [True, False]]]
+    assert agpnet.top_ratio_mask(scores, 1.0).all() and agpnet.top_ratio_mask(torch.rand(3, 10, 10), 0.6).sum() == 180
+
+
+def test_losses_and_distances_by_hand() -> None:
+    a = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    b = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    assert agpnet.token_distance(a, b, "cosine")[0].tolist() == pytest.approx([0.0, 1.0])
+    assert agpnet.token_distance(a, b, "l2")[0].tolist() == pytest.approx([0.0, math.sqrt(2)])
+    # flattened [1, 0, 0, 1] vs [1, 0, 1, 0]: cos = 1/2
+    assert agpnet.flat_cosine_loss(a, b).item() == pytest.approx(0.5)
+
+
+def test_target_is_the_sum_of_individually_layer_normed_taps() -> None:
+    taps = [torch.randn(2, 4, 6) * 5 + 3, torch.randn(2, 4, 6)]
+    by_hand = sum((t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-5) for t in taps)
+    torch.testing.assert_close(agpnet.layer_norm_sum(taps), by_hand)
+
+
+def test_rotate_flip_augmentation_is_32_fold() -> None:
+    images = torch.randn(2, 3, 8, 8)
+    views = agpnet.rotate_flip_augment(images, 32)
+    assert views.shape == (64, 3, 8, 8)
+    assert torch.equal(views[:2], images) and torch.equal(views[2:4], images.flip(-1))
+    rotated_180 = views[16 * 2:16 * 2 + 2]  # rotation 8 of 16 is 180°
+    torch.testing.assert_close(rotated_180, images.flip(-1).flip(-2), atol=1e-5, rtol=0)
+
+
+def test_feature_perturbation_is_lambda_times_mask_times_noise() -> None:
+    model = tiny(image_noise="none", feature_noise_scale=0.5, noise_gamma=2.0)
+    images = torch.randn(2, 3, SIZE, SIZE)
+    target, inputs = model.perturbed_inputs(images, 1, 4, torch.Generator().manual_seed(7))
+    assert len(inputs) == 1
+    generator = torch.Generator().manual_seed(7)
+    _, prior = model.extractor(images, with_prior=True)
+    mask = model.attention_mask(target, prior)
+    expected = target + 0.5 * 2.0 * mask.unsqueeze(-1) * torch.randn(target.shape, generator=generator)
+    torch.testing.assert_close(inputs[0], expected)
+    assert mask.amin(1).tolist() == [0.0, 0.0] and mask.amax(1).tolist() == [1.0, 1.0]
+
+
+def test_no_noise_gives_the_clean_target_and_image_noise_adds_a_branch() -> None:
+    images = torch.randn(2, 3, SIZE, SIZE)
+    target, inputs = tiny(feature_noise="none", image_noise="none").perturbed_inputs(images, 1, 4, torch.Generator())
+    assert len(inputs) == 1 and torch.equal(inputs[0], target)
+    target, inputs = tiny(feature_noise="none", image_noise="random").perturbed_inputs(images, 1, 4, torch.Generator())
+    assert len(inputs) == 2 and not torch.allclose(inputs[1], target)
+
+
+# ------------------------------------------------------------------------------- method face
+
+
+def test_predict_shapes_and_score_is_max_of_average_pooled_map() -> None:
+    model = tiny().eval()
+    images = torch.randn(3, 3, SIZE, SIZE)
+    pred = model.predict(images, "any")
+    assert pred.scores.shape == (3,) and pred.maps.shape == (3, SIZE, SIZE)
+    pooled = F.avg_pool2d(pred.maps.unsqueeze(1), 4, stride=1)
+    torch.testing.assert_close(pred.scores, pooled.flatten(1).amax(1))
+    assert torch.isfinite(pred.maps).all()
+
+
+def test_checkpoint_holds_decoder_and_teacher_only() -> None:
+    model = tiny()
+    keys = set(model.trainable_state_dict())
+    assert keys and all(k.startswith(("decoder.", "teacher.")) for k in keys)
+    assert any(k.startswith("teacher.") for k in keys)
+    other = tiny(seed=5)  # another decoder init, the same (tiny, fixed-seed) extractor
+    assert not torch.equal(other.decoder.pos_embed, model.decoder.pos_embed)
+    other.load_trainable_state_dict(model.trainable_state_dict())
+    images = torch.randn(1, 3, SIZE, SIZE)
+    torch.testing.assert_close(other.predict(images, "c").maps, model.predict(images, "c").maps)
+
+
+def _clean_loss(model: AGPNet, images: torch.Tensor) -> float:
+    with torch.no_grad():
+        return model.training_loss(images, model.epochs, model.epochs, torch.Generator().manual_seed(123)).item()
+
+
+def _finite_metrics(model: AGPNet, test: list[Sample]) -> None:
+    pred = model.predict(load_images(test, SIZE, model.normalization), "stripes")
+    values = metrics.category_metrics(pred.scores, torch.tensor([s.label for s in test]), pred.maps, load_masks(test, SIZE))
+    assert all(math.isfinite(v) for v in values.values())
+
+
+@pytest.mark.parametrize("setting", ["multi_class", "one_class"])
+def test_fit_lowers_the_loss_and_gives_finite_metrics(setting: str, dataset) -> None:
+    model = tiny(setting=setting, epochs=4)
+    images = load_images(dataset["train"], SIZE, "imagenet")
+    before = _clean_loss(model, images)
+    log = model.fit(dataset["train"], progress=False)
+    assert len(log["loss"]) == 4 and log["steps"] == 8
+    assert _clean_loss(model, images) < before
+    _finite_metrics(model, dataset["test"])
+
+
+def test_few_shot_trains_inside_set_references(dataset) -> None:
+    model = tiny(setting="few_shot", epochs=2)
+    references = load_images(dataset["train"][:2], SIZE, "imagenet")
+    before = _clean_loss(model, references)
+    model.set_references(references, "stripes")
+    assert _clean_loss(model, references) < before
+    _finite_metrics(model, dataset["test"])
+    first = model.trainable_state_dict()
+    model.set_references(references, "stripes")  # each category starts from the same fresh decoder
+    assert all(torch.equal(first[k], v) for k, v in model.trainable_state_dict().items())
+    with pytest.raises(ValueError, match="set_references"):
+        model.fit(dataset["train"])
+    with pytest.raises(ValueError, match="few_shot"):
+        tiny().set_references(references, "stripes")
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path: Path, monkeypatch) -> None:
+    train = dataset["train"][:6]  # batches of 4 and 2
+    uninterrupted = tiny(epochs=3)
+    uninterrupted.fit(train, checkpoint_dir=tmp_path / "full", progress=False)
+
+    interrupted = tiny(epochs=3)
+    real_save = AGPNet._save
+
+    def save_then_stop(self, path, optimizer, generator, state, n_images, epochs):
+        real_save(self, path, optimizer, generator, state, n_images, epochs)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(AGPNet, "_save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(train, checkpoint_dir=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(AGPNet, "_save", real_save)
+    resumed = tiny(epochs=3)
+    log = resumed.fit(train, checkpoint_dir=tmp_path / "cut", progress=False)
+    assert len(log["loss"]) == 3 and log["steps"] == 6
+    expected = uninterrupted.trainable_state_dict()
+    for key, value in resumed.trainable_state_dict().items():
+        torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0)
+
+
+def test_training_is_deterministic(dataset) -> None:
+    runs = []
+    for _ in range(2):
+        model = tiny(epochs=1)
+        model.fit(dataset["train"][:4], progress=False)
+        runs.append(model.predict(load_images(dataset["test"][:2], SIZE, "imagenet"), "stripes").maps)
+    assert torch.equal(runs[0], runs[1])
+
+
+# ------------------------------------------------------------------------------- ablations
+
+
+@pytest.mark.parametrize("options", [
+    {"mask_source": "prior"}, {"mask_source": "teacher"}, {"mean_teacher": False},
+    {"feature_noise": "random", "image_noise": "random"}, {"feature_noise_scale": 1.5}, {"distance": "l2"},
+    {"taps": (3,), "attention_blocks": (3,)},
+])
+def test_every_ablation_trains_one_epoch(options: dict, dataset) -> None:
+    model = tiny(epochs=1, **options)
+    log = model.fit(dataset["train"][:2], progress=False)
+    assert math.isfinite(log["loss"][0])
+
+
+def test_cnn_backbone_uses_activation_attention_and_projections(dataset) -> None:
+    model = tiny(backbone="tiny_resnet", taps=("layer2", "layer3"), decoder_dim=32, decoder_heads=4, epochs=1)
+    assert model.extractor.width == 128 + 256
+    assert isinstance(model.decoder.in_proj, nn.Linear) and model.decoder.in_proj.out_features == 32
+    images = load_images(dataset["train"][:2], SIZE, "imagenet")
+    target, prior = model.extractor(images, with_prior=True)
+    assert target.shape == (2, 16, 384) and prior.shape == (2, 16)
+    assert math.isfinite(model.fit(dataset["train"][:2], progress=False)["loss"][0])
+
+
+def test_clip_backbone_prior_and_normalization(dataset) -> None:
+    model = tiny(backbone="tiny-clip-b16", decoder_heads=4, epochs=1)
+    assert model.normalization == "clip" and model.extractor.grid_size == 4
+    images = load_images(dataset["train"][:2], SIZE, "clip")
+    target, prior = model.extractor(images, with_prior=True)
+    assert target.shape == (2, 16, 64) and prior.shape == (2, 16) and torch.all(prior > 0)
+    assert math.isfinite(model.fit(dataset["train"][:2], progress=False)["loss"][0])
+
+
+def test_config_records_the_weights_actually_loaded() -> None:
+    assert tiny().config()["pretrained"] == "tiny-dino:random"
+    assert tiny(backbone="tiny_resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2).config()["pretrained"].endswith(":random")
+
+
+def test_invalid_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="mask_source"):
+        tiny(mask_source="decoder")
+    with pytest.raises(ValueError, match="setting"):
+        tiny(setting="zero_shot")
