@@ -269,3 +269,17 @@ def _run_one(method: AnomalyMethod, spec: runs.RunSpec, cache: _SampleCache, pro
         training={k: v for k, v in training_log.items() if not isinstance(v, list)},
         aupro_variant=aupro_variant,
     )
+
+
+def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots: int = 0, seed: int = 0) -> tuple[AnomalyMethod, list[Sample], Prediction, torch.Tensor]:
+    """The method of ``plan`` (trained, or loaded from the checkpoint its sweep wrote), the test
+    samples of one category, its prediction with the run's K-shot references, and the masks at the
+    prediction's resolution. For figures, which need the maps that the store does not keep."""
+    spec = runs.RunSpec(profile.name, dataset, category, plan.method, plan.setting, shots, seed, plan.variant)
+    training = training_key(plan, methods.method_class(plan.method).training_data, profile, spec)
+    cache = _SampleCache(profile)
+    method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
+    refs = draw_references(cache.samples(dataset, category, "train"), shots, seed, replacement=bool(getattr(method, "reference_replacement", False))) if shots else []
+    method.set_references(load_images(refs, method.image_size, method.normalization).to(method.device), category)
+    pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization), category, profile.batch_size)
+    return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
