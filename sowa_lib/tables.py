@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -367,3 +367,20 @@ def overview(results_df: pd.DataFrame) -> pd.DataFrame:
             for m, s, n in zip(stats["reproduced"], stats["reproduced_std"], stats["n_seeds"])]
     table = stats.assign(cell=text).pivot(index=OVERVIEW_KEYS, columns="metric", values="cell")
     return table[[m for m in QUALITY_METRICS if m in table.columns]]
+
+
+def variant_effects(results_df: pd.DataFrame, metrics: Sequence[str] = ("image_auroc", "pixel_auroc", "aupro")) -> pd.DataFrame:
+    """Each non-default variant beside the default of the same (method, setting, dataset, K): the
+    category mean averaged over seeds, in percent, and the difference ``Δ = variant − default``.
+    Variants whose default was not run are left out."""
+    profiles = results_df["profile"].unique()
+    if len(profiles) != 1:
+        raise ValueError(f"variant_effects wants the results of one profile, got {list(profiles)}")
+    seeds = _seed_level(results_df, profiles[0])
+    stats = _over_seeds(seeds[(seeds["category"] == "mean") & seeds["metric"].isin(metrics)], OVERVIEW_KEYS + ["metric"])
+    keys = ["method", "setting", "dataset", "shots", "metric"]
+    default = stats[stats["variant"] == "default"][keys + ["reproduced"]].rename(columns={"reproduced": "default"})
+    joined = stats[stats["variant"] != "default"].merge(default, on=keys)
+    joined = joined.assign(delta=joined["reproduced"] - joined["default"])
+    table = joined.pivot(index=["method", "variant", "setting", "dataset", "shots"], columns="metric", values="delta")
+    return table[[m for m in metrics if m in table.columns]].round(1)

@@ -1,0 +1,104 @@
+"""Every ablation knob and fidelity switch the study measures, as data (DESIGN.md, "Fidelity
+switches"; issue: notebook 04).
+
+An :class:`Ablation` is a named variant of a method (constructor overrides) run in one setting; the
+ablation notebook runs each beside the method's default and reports the difference. ``kind`` says
+what it is: ``"knob"`` (a paper's own ablation, e.g. SOWA's window size or AGPNet's Tables 5–8) or
+``"switch"`` (a documented departure of a reference implementation from its paper) or ``"metric"``
+(the same predictions scored with another AUPRO definition). AGPNet variants are named like the
+claims of its Tables 5–8 so that `06_tables` can set them beside the paper.
+
+The demo profile's sizes differ from the paper's (a tiny 4-block CLIP on an 8×8 token grid), so
+window sizes and layer indices are given per profile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Ablation:
+    method: str
+    variant: str
+    overrides: dict[str, Any]
+    setting: str
+    kind: str
+    shots: tuple[int, ...] = (0,)
+    aupro_variant: str = "mvtec"
+    note: str = ""
+    table: str = ""  # the paper table it reproduces, when it is one
+
+
+def _sowa(profile: str) -> list[Ablation]:
+    demo = profile == "demo"
+    windows = (2, 8) if demo else (6, 8, 24)  # demo grid 8×8 (112 px / patch 14); paper grid 24×24
+    layer_sets = {"layers=deep": (2, 3), "layers=shallow": (0, 1)} if demo else {"layers=deep": (17, 23), "layers=last": (23,)}
+    knobs = [Ablation("sowa", f"window={w}", {"window": w}, "zero_shot", "knob") for w in windows]
+    knobs += [Ablation("sowa", name, {"layers": layers}, "zero_shot", "knob") for name, layers in layer_sets.items()]
+    knobs += [
+        Ablation("sowa", "depth=2", {"depth": 2}, "zero_shot", "knob", note="adds a shifted-window block"),
+        Ablation("sowa", "prompt_length=4", {"prompt_length": 4}, "zero_shot", "knob"),
+        Ablation("sowa", "qk_attention", {"value_only": False}, "zero_shot", "knob", note="Q–K attention instead of value-only"),
+        Ablation("sowa", "no_smoothing", {"smoothing_sigma": 0.0}, "zero_shot", "knob"),
+        Ablation("sowa", "no_text_linear", {"text_linear": False}, "zero_shot", "knob"),
+    ]
+    switches = [
+        Ablation("sowa", "image_loss=ce", {"image_loss": "ce"}, "zero_shot", "switch", note="CE on logits instead of on probabilities"),
+        Ablation("sowa", "mosaic_label_fix", {"mosaic_label_fix": True}, "zero_shot", "switch"),
+        Ablation("sowa", "in_proj_bias", {"in_proj_bias": True}, "zero_shot", "switch"),
+        Ablation("sowa", "fewshot_image_score=raw", {"fewshot_image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
+        Ablation("sowa", "memory_features=adapted", {"memory_features": "adapted"}, "few_shot", "switch", (4,)),
+        Ablation("sowa", "aupro=cflow_loop", {}, "zero_shot", "metric", aupro_variant="cflow_loop"),
+        Ablation("sowa", "aupro=sowa", {}, "zero_shot", "metric", aupro_variant="sowa", note="per-image-averaged FPR, as SOWA's code"),
+    ]
+    return knobs + switches
+
+
+def _april_gan() -> list[Ablation]:
+    return [
+        Ablation("april_gan", "activation=quick_gelu", {"activation": "quick_gelu"}, "zero_shot", "switch",
+                 note="the activation the OpenAI weights were trained with; the official 518-px path runs exact GELU"),
+        Ablation("april_gan", "image_score=raw", {"image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
+        Ablation("april_gan", "references=without_replacement", {"reference_replacement": False}, "few_shot", "switch", (4,)),
+        Ablation("april_gan", "aupro=cflow_loop", {}, "zero_shot", "metric", aupro_variant="cflow_loop"),
+    ]
+
+
+def _winclip() -> list[Ablation]:
+    return [
+        Ablation("winclip", "temperature=0.01", {"temperature": 0.01}, "zero_shot", "switch", note="logit scale 100 as caoyunkang/mala-lab"),
+        Ablation("winclip", "no_class_name", {"use_class_name": False}, "zero_shot", "switch", note="'object' in every prompt"),
+    ]
+
+
+def _baselines() -> list[Ablation]:
+    return [
+        Ablation("patchcore", "coreset=0.1", {"full_bank_max_shots": 0}, "few_shot", "switch", (4,), note="the full-data 10% coreset even at K ≤ 4"),
+        Ablation("padim", "covariance_ddof=0", {"covariance_ddof": 0}, "few_shot", "switch", (4,)),
+    ]
+
+
+def _agpnet(profile: str) -> list[Ablation]:
+    demo = profile == "demo"
+    noise = [("none", "none"), ("random", "random"), ("attention", "none"), ("none", "attention")]
+    runs = [Ablation("agpnet", f"img_noise={i},feat_noise={f}", {"image_noise": i, "feature_noise": f}, "multi_class", "knob", table="Table 5")
+            for i, f in noise]
+    backbones = {"backbone=wide_resnet50": "tiny_resnet" if demo else "wide_resnet50_2", "backbone=clip_vit_b": "tiny-clip-b16" if demo else "ViT-B-16"}
+    if not demo:
+        backbones["backbone=efficientnet_b4"] = "efficientnet_b4"
+    runs += [Ablation("agpnet", name, {"backbone": b}, "multi_class", "knob", table="Table 6",
+                      note="demo: a tiny random network of the same family" if demo else "") for name, b in backbones.items()]
+    runs += [Ablation("agpnet", f"noise_intensity={s}", {"feature_noise_scale": s}, "multi_class", "knob", table="Table 7") for s in (0.5, 1.5)]
+    runs += [Ablation("agpnet", f"attention_map={letter}", {"mask_source": source}, "multi_class", "knob", table="Table 7",
+                      note="letters inferred: D = DINO prior, L = learnable (teacher) mask")
+             for letter, source in (("D", "prior"), ("L", "teacher"))]
+    taps = {"deepest": (3,), "shallow+deepest": (0, 3), "middle+deepest": (2, 3)} if demo else {"deepest": (11,), "shallow+deepest": (2, 11), "middle+deepest": (5, 11)}
+    runs += [Ablation("agpnet", f"multi_layer={name}", {"taps": t}, "multi_class", "knob", table="Table 8") for name, t in taps.items()]
+    runs.append(Ablation("agpnet", "mean_teacher=without", {"mean_teacher": False}, "multi_class", "knob", table="Table 8"))
+    return runs
+
+
+def ablations(profile: str) -> list[Ablation]:
+    """All ablations of ``profile`` ("demo" or "paper")."""
+    return _sowa(profile) + _april_gan() + _winclip() + _baselines() + _agpnet(profile)

@@ -1,0 +1,318 @@
+"""SOWA: hierarchical frozen window self-attention adapters on a frozen CLIP (spec sowa).
+
+Pipeline (spec §1): a frozen OpenAI CLIP ViT-L/14@336 (QuickGELU) is tapped after blocks
+[5, 11, 17, 23]; each tap's patch tokens go through their own HFWA adapter
+(:mod:`sowa_lib.methods.sowa_adapter`) and the frozen ``visual.proj``; learnable class-agnostic
+prompts ("object" / "damaged object", 12 context vectors each) go through the frozen text encoder
+and a learnable text Linear. Per layer, cosine patch-text similarities are upsampled bilinearly
+(``align_corners=True``) and softmaxed over the 2 states; the abnormal maps are summed over layers
+and smoothed with a Gaussian (σ = 4). The image score is ``softmax(cos(CLS, text) / 0.07)``.
+K-shot: a memory of *raw* tap tokens adds summed nearest-neighbour cosine distances (§1.8), and the
+image score becomes 0.5·p + 0.5·min-max of the map maxima over the category (``finalize_category``).
+
+Fidelity switches (spec §5.4; the reference code's behaviour is each default):
+
+- ``image_loss``: ``"ce_on_probs"`` (CrossEntropy on already-softmaxed probabilities, §5.4.1) or
+  ``"ce"`` (CrossEntropy on the logits z/T, what "BCE" in Fig. 2 suggests).
+- ``memory_features``: ``"raw"`` (un-adapted tap tokens, §5.4.2) or ``"adapted"`` (HFWA outputs, as
+  Fig. 4 reads).
+- ``linear_residual``: the HFWA's second residual (x1 + LN(Lin(x1)), §5.4.4) or Fig. 2(b)'s LN(Lin(x1)).
+- ``in_proj_bias``: False (code drops CLIP's in_proj bias, §5.4.4) or True.
+- ``patch_ln_post``: False (patch tokens hit ``visual.proj`` without ``ln_post``, §5.4.5) or True.
+- ``text_linear``: True (the learnable text Linear that the README does not mention, §5.4.6) or False.
+- ``mosaic_label_fix``: False (a mosaic keeps the replaced sample's label, §5.4.9) or True (label =
+  any tile anomalous).
+- ``epochs``: 1 (trainer default, §5.4.12).
+- ``train_mask_threshold``: 0.0 (training masks binarised ``> 0`` after bilinear resizing, §2.2).
+- ``fewshot_image_score``: ``"transductive_minmax"`` (§1.8) or ``"raw"`` (0.5·p + 0.5·max, no
+  category statistics).
+``share_weight`` (§5.4.3) has no counterpart: the code always builds one adapter per tapped layer,
+and each is tied to its own block's frozen attention.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sowa_lib.backbones.clip import ClipBackbone, as_backbone
+from sowa_lib.data.sample import Sample
+from sowa_lib.losses import dice_loss, focal_loss
+from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.methods.fewshot import IMAGE_SCORE_MODES, few_shot_extras, finalize_few_shot, memory_distance_map
+from sowa_lib.methods.sowa_adapter import HFWAAdapter
+from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps, tokens_to_grid
+from sowa_lib.training import EpochCheckpoints, TrainingBatch, TrainingSchedule, train_segmentation
+
+CONTEXT_INIT_STD = 0.02  # spec §1.4: context vectors ~ N(0, 0.02²)
+STATE_TEMPLATES = ("{}", "damaged {}")  # normal, abnormal (spec §1.4)
+PLACEHOLDER = "X"
+
+
+class LearnablePrompts(nn.Module):
+    """Class-agnostic dual CoOp prompts (spec §1.4).
+
+    Sentences ``"X X … X object."`` and ``"X X … X damaged object."`` (``length`` placeholders) are
+    tokenised once; at each call the placeholder embeddings (positions 1..length, after SOT) are
+    replaced by the learnable ``context`` ``[2, length, text_width]`` (row 0 normal, row 1 abnormal,
+    independent vectors), the rest stays the frozen token embedding.
+    """
+
+    def __init__(self, clip: ClipBackbone, length: int = 12, object_name: str = "object") -> None:
+        super().__init__()
+        sentences = [" ".join([PLACEHOLDER] * length + [state.format(object_name)]) + "." for state in STATE_TEMPLATES]
+        token_ids = clip.tokenizer(sentences)
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.context = nn.Parameter(torch.randn(len(STATE_TEMPLATES), length, clip.text_width) * CONTEXT_INIT_STD)
+
+    def embeddings(self, clip: ClipBackbone) -> torch.Tensor:
+        """``[2, context_length, text_width]``: SOT, learnable context, frozen suffix (state words, EOT, padding)."""
+        frozen = clip.token_embedding(self.token_ids)
+        length = self.context.shape[1]
+        return torch.cat([frozen[:, :1], self.context.to(frozen.dtype), frozen[:, 1 + length :]], dim=1)
+
+    def forward(self, clip: ClipBackbone) -> torch.Tensor:
+        """``[2, embed_dim]`` un-normalised text features (EOT -> ln_final -> text_projection)."""
+        return clip.encode_prompt_embeddings(self.embeddings(clip), clip.eot_positions(self.token_ids))
+
+
+class SOWAOutput(NamedTuple):
+    """One forward pass: image logits ``z/T`` ``[B, 2]``, per-layer state probabilities
+    ``[B, 2, S, S]``, and per layer the raw tap patch tokens ``[B, T, width]`` and the adapted,
+    projected tokens ``[B, T, embed_dim]``."""
+
+    image_logits: torch.Tensor
+    layer_probabilities: list[torch.Tensor]
+    patches: list[torch.Tensor]
+    adapted: list[torch.Tensor]
+
+
+class SOWA(AnomalyMethod):
+    """SOWA with the reference code's defaults (spec §1–§3); see the module docstring for switches.
+
+    backbone: a built :class:`ClipBackbone` or an open_clip / tiny model name; ``pretrained``: an
+        open_clip tag or a local checkpoint (``"openai"`` -> ``ViT-L-14-336px.pt``).
+    layers: 0-based tapped blocks. window, depth, num_heads, cpb_hidden, value_only, attn_drop:
+        HFWA options (§1.3). prompt_length: context vectors per state (§1.4).
+    smoothing_sigma: Gaussian σ on the zero-shot map (0 disables; §1.7). temperature: image-score
+        softmax temperature (§1.6).
+    Training (§2): epochs, batch_size, lr, weight_decay (AdamW), seed, mosaic_prob (2×2 mosaic,
+    applied only when the training samples come from one of ``mosaic_datasets``).
+    """
+
+    name = "sowa"
+    normalization = "clip"
+    training_data = "auxiliary"
+    profiles = {
+        "demo": {
+            "backbone": "tiny-clip",
+            "pretrained": None,
+            "image_size": 112,
+            "layers": (0, 1, 2, 3),
+            "window": 4,
+            "mosaic_datasets": ("demo_a",),
+        },
+    }
+
+    def __init__(
+        self,
+        backbone: ClipBackbone | str = "ViT-L-14-336",
+        pretrained: str | None = "openai",
+        *,
+        image_size: int = 336,
+        quick_gelu: bool = True,
+        layers: Sequence[int] = (5, 11, 17, 23),
+        window: int = 12,
+        depth: int = 1,
+        num_heads: int = 8,
+        cpb_hidden: int = 64,
+        value_only: bool = True,
+        attn_drop: float = 0.1,
+        in_proj_bias: bool = False,
+        linear_residual: bool = True,
+        patch_ln_post: bool = False,
+        prompt_length: int = 12,
+        text_linear: bool = True,
+        temperature: float = 0.07,
+        smoothing_sigma: float = 4.0,
+        memory_features: str = "raw",
+        fewshot_image_score: str = "transductive_minmax",
+        image_loss: str = "ce_on_probs",
+        train_mask_threshold: float = 0.0,
+        mosaic_prob: float = 0.2,
+        mosaic_datasets: Sequence[str] = ("mvtec",),
+        mosaic_label_fix: bool = False,
+        epochs: int = 1,
+        batch_size: int = 8,
+        lr: float = 1e-3,
+        weight_decay: float = 0.2,
+        seed: int = 2025,
+    ) -> None:
+        super().__init__()
+        _check_choice("memory_features", memory_features, ("raw", "adapted"))
+        _check_choice("fewshot_image_score", fewshot_image_score, IMAGE_SCORE_MODES)
+        _check_choice("image_loss", image_loss, ("ce_on_probs", "ce"))
+        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=quick_gelu)
+        self.image_size = self.clip.image_size
+        self.layers = tuple(layers)
+        self.temperature = temperature
+        self.smoothing_sigma = smoothing_sigma
+        self.patch_ln_post = patch_ln_post
+        self.memory_features = memory_features
+        self.fewshot_image_score = fewshot_image_score
+        self.image_loss = image_loss
+        self.train_mask_threshold = train_mask_threshold
+        self.mosaic_prob, self.mosaic_datasets, self.mosaic_label_fix = mosaic_prob, tuple(mosaic_datasets), mosaic_label_fix
+        self.epochs, self.batch_size, self.lr, self.weight_decay, self.seed = epochs, batch_size, lr, weight_decay, seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.adapters = nn.ModuleList(
+                HFWAAdapter(
+                    self.clip.blocks[index].attn, self.clip.grid_size, window, depth, num_heads, cpb_hidden,
+                    value_only, attn_drop, in_proj_bias=in_proj_bias, linear_residual=linear_residual,
+                )
+                for index in self.layers
+            )
+            self.prompts = LearnablePrompts(self.clip, prompt_length)
+            dim = self.clip.embed_dim
+            self.text_linear = nn.Linear(dim, dim) if text_linear else nn.Identity()
+        self.memory = MemoryBank(metric="cosine")
+        self._text_cache: tuple[tuple, torch.Tensor] | None = None
+
+    # ---------------------------------------------------------------- forward pieces
+    def text_features(self) -> torch.Tensor:
+        """``[2, embed_dim]`` L2-normalised (normal, abnormal) features after the text Linear (§1.5).
+
+        They depend on the learned weights only, so without autograd they are computed once and
+        reused until a text-side tensor is modified in place (training, loading) or moved.
+        """
+        if torch.is_grad_enabled():
+            return self._encode_text()
+        key = tuple((p.data_ptr(), p._version) for p in self._text_tensors())
+        if self._text_cache is None or self._text_cache[0] != key:
+            self._text_cache = (key, self._encode_text())
+        return self._text_cache[1]
+
+    def _encode_text(self) -> torch.Tensor:
+        return F.normalize(self.text_linear(self.prompts(self.clip)), dim=-1)
+
+    def _text_tensors(self) -> list[torch.Tensor]:
+        return [*self.prompts.parameters(), *self.text_linear.parameters(), self.clip.token_embedding.weight]
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Width-``W`` tokens -> joint space by the frozen ``visual.proj`` (no ``ln_post`` by default, §1.2)."""
+        if self.patch_ln_post:
+            tokens = self.clip.visual.ln_post(tokens)
+        return tokens @ self.clip.visual.proj
+
+    def forward(self, images: torch.Tensor) -> SOWAOutput:
+        """Normalised images ``[B, 3, S, S]`` -> :class:`SOWAOutput` (spec §1.2–§1.6)."""
+        cls_embedding, taps = self.clip.encode_image(images, taps=self.layers)
+        patches = [tap[:, 1:] for tap in taps]
+        adapted = [self.project(adapter(p)) for adapter, p in zip(self.adapters, patches)]
+        text = self.text_features()
+        image_logits = F.normalize(cls_embedding, dim=-1) @ text.T / self.temperature
+        probabilities = [self.layer_probabilities(tokens, text) for tokens in adapted]
+        return SOWAOutput(image_logits, probabilities, patches, adapted)
+
+    def memory_tokens(self, out: SOWAOutput) -> list[torch.Tensor]:
+        """Per-layer tokens of the few-shot memory (§1.8): raw taps through ``visual.proj`` (code),
+        or the adapted tokens (``memory_features="adapted"``, Fig. 4)."""
+        if self.memory_features == "adapted":
+            return out.adapted
+        return [self.project(p) for p in out.patches]
+
+    def layer_probabilities(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Per-layer map (§1.5): cosine to the 2 text features -> grid -> bilinear upsample with
+        ``align_corners=True`` -> softmax over the states; ``[B, 2, S, S]``."""
+        cosine = F.normalize(tokens, dim=-1) @ text.T
+        logits = resize_maps(tokens_to_grid(cosine), self.image_size, align_corners=True)
+        return logits.softmax(dim=1)
+
+    # ---------------------------------------------------------------- inference
+    def set_references(self, images: torch.Tensor, category: str) -> None:
+        """K-shot memory of the references' per-layer tokens (raw by default, §1.8); K = 0 clears it."""
+        if not len(images):
+            self.memory.clear()
+            return
+        with torch.no_grad():
+            self.memory.set(self.memory_tokens(self(images)))
+
+    def predict(self, images: torch.Tensor, category: str) -> Prediction:
+        """Zero-shot map = σ-smoothed sum of the abnormal probabilities (§1.7); with references, plus
+        the summed upsampled memory distances, unsmoothed (§1.8). Scores = p[abnormal] (§1.6); the
+        few-shot fusion with the map maxima happens in :meth:`finalize_category`."""
+        out = self(images)
+        maps = gaussian_blur(torch.stack([p[:, 1] for p in out.layer_probabilities]).sum(dim=0), self.smoothing_sigma)
+        scores = out.image_logits.softmax(dim=-1)[:, 1]
+        extras: dict[str, torch.Tensor] = {}
+        if len(self.memory):
+            maps = maps + memory_distance_map(self.memory, self.memory_tokens(out), self.image_size)
+            extras = few_shot_extras(scores, maps)
+        return Prediction(scores.float().cpu(), maps.float().cpu(), {k: v.float().cpu() for k, v in extras.items()})
+
+    def finalize_category(self, pred: Prediction) -> Prediction:
+        """Few-shot image score 0.5·p + 0.5·min-max over the category of the map maxima (§1.8)."""
+        return finalize_few_shot(pred, self.fewshot_image_score)
+
+    # ---------------------------------------------------------------- training
+    def training_loss(self, batch: TrainingBatch) -> torch.Tensor:
+        """``L_ce + Σ_l focal(M_l) + Σ_l [dice(M_l[abn], G) + dice(M_l[norm], 1 - G)]`` (§2.2).
+
+        ``image_loss="ce_on_probs"`` feeds the already-softmaxed probabilities to CrossEntropy as the
+        code does (double softmax); ``"ce"`` feeds the logits z/T.
+        """
+        out = self(batch.images)
+        logits = out.image_logits.softmax(dim=-1) if self.image_loss == "ce_on_probs" else out.image_logits
+        loss = F.cross_entropy(logits, batch.labels)
+        for probabilities in out.layer_probabilities:
+            loss = loss + focal_loss(probabilities, batch.masks)
+            loss = loss + dice_loss(probabilities[:, 1], batch.masks) + dice_loss(probabilities[:, 0], 1.0 - batch.masks)
+        return loss
+
+    def fit(
+        self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True
+    ) -> dict[str, Any]:
+        """Train adapters, prompts and text Linear on the auxiliary samples (§2): AdamW(lr 1e-3,
+        wd 0.2), batch 8, ``epochs`` epochs, seed 2025; 2×2 mosaic with p = ``mosaic_prob`` when the
+        samples belong to one of ``mosaic_datasets`` (by ``Sample.dataset`` or their root folder's
+        name). ReduceLROnPlateau is left out: it cannot act within the default single epoch.
+        Resumes from the last epoch checkpoint in ``checkpoint_dir``."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        checkpoints = EpochCheckpoints(checkpoint_dir)
+        start_epoch, losses = 0, []
+        if (resume := checkpoints.latest()) is not None:
+            self.load_trainable_state_dict(resume["state"])
+            optimizer.load_state_dict(resume["optimizer"])
+            start_epoch, losses = resume["epoch"] + 1, list(resume["losses"])
+        mosaic = any(s.dataset in self.mosaic_datasets or Path(s.root).name in self.mosaic_datasets for s in samples)
+        schedule = TrainingSchedule(
+            epochs=self.epochs, batch_size=self.batch_size, mosaic_rate=self.mosaic_prob if mosaic else 0.0, seed=self.seed,
+            mask_threshold=self.train_mask_threshold, mosaic_label_fix=self.mosaic_label_fix,
+        )
+        was_training = self.training
+        self.train()
+
+        def end_epoch(epoch: int, so_far: list[float]) -> None:
+            checkpoints.save(epoch, self.trainable_state_dict(), optimizer, losses + so_far)
+            torch.manual_seed(self.seed + epoch + 1)
+
+        # Attention-dropout draws are seeded per epoch so that a resumed fit equals an uninterrupted one.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed + start_epoch)
+            losses += train_segmentation(
+                samples, self.training_loss, optimizer, schedule, image_size=self.image_size,
+                normalization=self.normalization, device=self.device, start_epoch=start_epoch, progress=progress,
+                on_epoch_end=end_epoch,
+            )
+        self.train(was_training)
+        return {"loss": losses, "mosaic_rate": schedule.mosaic_rate, "samples": len(samples)}
+
+
+def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{option}={value!r}; choose one of {', '.join(choices)}")

@@ -1,0 +1,227 @@
+"""SOWA's hierarchical frozen window attention (HFWA) adapter (spec sowa §1.3).
+
+One adapter per tapped CLIP layer. Each is a Swin-V2-style stage whose attention reuses the frozen
+weights of the tapped CLIP block (``in_proj_weight`` without its bias, and ``out_proj`` with its
+bias), regrouped into ``num_heads`` heads, with cosine attention (value-value by default), a
+learnable per-head logit scale and a Swin-V2 continuous relative position bias. Residuals are
+post-norm, and a bias-free ``Linear(width, width)`` branch follows the attention.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOGIT_SCALE_INIT = math.log(10.0)
+LOGIT_SCALE_MAX = math.log(100.0)
+CPB_LOG_BASE = 8.0  # Swin-V2: coordinates scaled to [-8, 8], then log-spaced
+CPB_BIAS_RANGE = 16.0  # Swin-V2: bias = 16 * sigmoid(mlp(coords))
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """``[B, H, W, C]`` -> ``[B * nW, window * window, C]``; windows row-major, tokens row-major inside."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nW, window * window, C]`` -> ``[B, H, W, C]``."""
+    c = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
+
+
+def relative_coords_table(window: int) -> torch.Tensor:
+    """Swin-V2 log-spaced relative coordinates, ``[(2w-1)^2, 2]`` (spec sowa §1.3, step 3).
+
+    Offsets Δ ∈ {-(w-1)..w-1}² are divided by (w-1), multiplied by 8 and mapped to
+    sign(t)·log2(1+|t|)/log2(8). Rows are ordered (Δh, Δw) row-major.
+    """
+    offsets = torch.arange(-(window - 1), window, dtype=torch.float32)
+    table = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1).reshape(-1, 2)
+    if window > 1:
+        table = table / (window - 1) * CPB_LOG_BASE
+    return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(CPB_LOG_BASE)
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """``[N, N]`` (N = window²) index of each token pair's offset into :func:`relative_coords_table`."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    delta = (coords[:, :, None] - coords[:, None, :]) + (window - 1)  # [2, N, N], shifted to >= 0
+    return delta[0] * (2 * window - 1) + delta[1]
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int) -> torch.Tensor | None:
+    """Swin's additive mask ``[nW, N, N]`` (0 or -100) that keeps cyclically shifted windows from
+    attending across the wrap-around seams; ``None`` without a shift."""
+    if shift == 0:
+        return None
+    regions = torch.zeros(1, height, width, 1)
+    bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for label, (rows, cols) in enumerate((r, c) for r in bands for c in bands):
+        regions[:, rows, cols, :] = label
+    labels = window_partition(regions, window).squeeze(-1)  # [nW, N]
+    different = labels[:, None, :] != labels[:, :, None]
+    return different.float() * -100.0
+
+
+class ContinuousPositionBias(nn.Module):
+    """Swin-V2 continuous relative position bias: MLP 2 -> ``hidden`` -> heads, then 16·sigmoid.
+
+    :meth:`forward` returns the per-head bias ``[heads, N, N]`` for one ``window``×``window`` window.
+    """
+
+    def __init__(self, window: int, num_heads: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2, hidden, bias=True), nn.ReLU(inplace=True), nn.Linear(hidden, num_heads, bias=False))
+        self.register_buffer("coords_table", relative_coords_table(window), persistent=False)
+        self.register_buffer("index", relative_position_index(window), persistent=False)
+
+    def table(self) -> torch.Tensor:
+        """The MLP output over all offsets, ``[(2w-1)^2, heads]`` (before gathering and the sigmoid)."""
+        return self.mlp(self.coords_table)
+
+    def forward(self) -> torch.Tensor:
+        n = self.index.shape[0]
+        bias = self.table()[self.index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
+        return CPB_BIAS_RANGE * torch.sigmoid(bias)
+
+
+class FrozenWindowAttention(nn.Module):
+    """Cosine window attention over the frozen CLIP projections (spec sowa §1.3, step 3).
+
+    ``attn`` is the tapped CLIP block's ``nn.MultiheadAttention``; it is held by reference (its
+    weights stay shared and frozen). Its ``in_proj_weight`` is applied *without* its bias and the
+    ``width`` channels are regrouped into ``num_heads`` heads (8×128 for ViT-L instead of CLIP's
+    16×64). ``value_only=True`` (SOWA) uses cos(v, v) logits; ``False`` uses cos(q, k).
+    ``in_proj_bias=True`` adds CLIP's in_proj bias back (fidelity switch; the code leaves it out).
+    """
+
+    def __init__(
+        self,
+        attn: nn.MultiheadAttention,
+        window: int,
+        num_heads: int = 8,
+        cpb_hidden: int = 64,
+        value_only: bool = True,
+        attn_drop: float = 0.1,
+        in_proj_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        width = attn.embed_dim
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by {num_heads} heads")
+        self.frozen_attn = attn
+        self.num_heads = num_heads
+        self.value_only = value_only
+        self.use_in_proj_bias = in_proj_bias
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), LOGIT_SCALE_INIT))
+        self.position_bias = ContinuousPositionBias(window, num_heads, cpb_hidden)
+        self.attn_drop = nn.Dropout(attn_drop)
+
+    def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``windows``: ``[B * nW, N, C]`` -> ``[B * nW, N, C]``; ``mask``: ``[nW, N, N]`` or None."""
+        bw, n, c = windows.shape
+        weight = self.frozen_attn.in_proj_weight
+        bias = self.frozen_attn.in_proj_bias if self.use_in_proj_bias else None  # the code drops it (§5.4.4)
+        if self.value_only:  # q and k would be computed and ignored: project the V rows only
+            weight, bias = weight[2 * c :], None if bias is None else bias[2 * c :]
+        heads = F.linear(windows, weight, bias).view(bw, n, -1, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        v = heads[-1]
+        left, right = (v, v) if self.value_only else (heads[0], heads[1])
+        logits = F.normalize(left, dim=-1) @ F.normalize(right, dim=-1).transpose(-2, -1)
+        logits = logits * torch.clamp(self.logit_scale, max=LOGIT_SCALE_MAX).exp()
+        logits = logits + self.position_bias().unsqueeze(0)
+        if mask is not None:
+            n_windows = mask.shape[0]
+            logits = logits.view(bw // n_windows, n_windows, self.num_heads, n, n) + mask[None, :, None]
+            logits = logits.view(bw, self.num_heads, n, n)
+        weights = self.attn_drop(logits.softmax(dim=-1))
+        out = (weights @ v).transpose(1, 2).reshape(bw, n, c)
+        return self.frozen_attn.out_proj(out)
+
+
+class FrozenWindowBlock(nn.Module):
+    """One HFWA block: (shifted) window partition -> FWA -> reverse -> post-norm residual, then a
+    post-norm residual bias-free Linear branch (spec sowa §1.3, steps 1–6).
+
+    ``linear_residual=False`` follows Fig. 2(b) instead of the code: the block ends with
+    LN(Linear(x1)), without the second residual (fidelity switch, spec §5.4.4).
+    """
+
+    def __init__(
+        self,
+        attn: nn.MultiheadAttention,
+        grid: int,
+        window: int,
+        shift: int = 0,
+        num_heads: int = 8,
+        cpb_hidden: int = 64,
+        value_only: bool = True,
+        attn_drop: float = 0.1,
+        in_proj_bias: bool = False,
+        linear_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        if grid % window:
+            raise ValueError(f"window {window} does not divide the {grid}x{grid} token grid")
+        width = attn.embed_dim
+        self.grid, self.window, self.shift = grid, window, shift
+        self.linear_residual = linear_residual
+        self.attention = FrozenWindowAttention(attn, window, num_heads, cpb_hidden, value_only, attn_drop, in_proj_bias)
+        self.norm1 = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, width, bias=False)
+        self.norm2 = nn.LayerNorm(width)
+        mask = shifted_window_mask(grid, grid, window, shift)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, grid², C]`` -> ``[B, grid², C]``."""
+        b, t, c = tokens.shape
+        x = tokens.view(b, self.grid, self.grid, c)
+        if self.shift:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        attended = self.attention(window_partition(x, self.window), self.mask)
+        x = window_reverse(attended, self.window, self.grid, self.grid)
+        if self.shift:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = tokens + self.norm1(x.reshape(b, t, c))
+        branch = self.norm2(self.linear(x))
+        return x + branch if self.linear_residual else branch
+
+
+class HFWAAdapter(nn.Module):
+    """A stage of ``depth`` :class:`FrozenWindowBlock` s tied to one CLIP block's attention.
+
+    As in Swin, odd-indexed blocks shift by window/2; a window at least as large as the grid becomes
+    one global window with no shift. ``depth=1`` (SOWA) has no shifted block.
+    """
+
+    def __init__(
+        self,
+        attn: nn.MultiheadAttention,
+        grid: int,
+        window: int = 12,
+        depth: int = 1,
+        num_heads: int = 8,
+        cpb_hidden: int = 64,
+        value_only: bool = True,
+        attn_drop: float = 0.1,
+        in_proj_bias: bool = False,
+        linear_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        window = min(window, grid)
+        shifts = [0 if i % 2 == 0 or window == grid else window // 2 for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            FrozenWindowBlock(attn, grid, window, shift, num_heads, cpb_hidden, value_only, attn_drop, in_proj_bias, linear_residual)
+            for shift in shifts
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens
