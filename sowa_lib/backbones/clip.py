@@ -1,0 +1,353 @@
+"""Frozen open_clip CLIP with the taps WinCLIP, April-GAN and SOWA need.
+
+One wrapper, :class:`ClipBackbone`, built by one factory, :func:`load_clip`::
+
+    clip = load_clip("ViT-L-14-336", "openai", image_size=518, quick_gelu=False)   # April-GAN
+    clip = load_clip("tiny-clip", None, image_size=112, quick_gelu=False, seed=0)  # demo / tests
+    cls_embedding, taps = clip.encode_image(images, taps=[5, 11, 17, 23])          # 0-based blocks
+
+Conventions (stable API, other methods build on it):
+
+- **Block indices are 0-based**: ``taps=[5, 11, 17, 23]`` are the papers' 1-based layers 6/12/18/24.
+- A tap is the **residual-stream output** of that transformer block, no ``ln_post`` and no ``proj``,
+  batch-first ``[B, 1 + T, width]`` with the CLS token at index 0 (spec april_gan_winclip_peers §1.2).
+- ``cls_embedding`` is the final CLS token through ``ln_post`` then ``@ proj``, L2-normalised
+  ``[B, embed_dim]`` (§1.2, §1.5).
+- :meth:`ClipBackbone.embed_patches` gives the tokens after CLS + position embedding and before
+  ``ln_pre`` (WinCLIP's hook point, §2.2); :meth:`ClipBackbone.encode_tokens` runs any such token
+  sequence (e.g. CLS + one window's patches) through ``ln_pre`` and the blocks.
+- Text features (:meth:`encode_text`, :meth:`encode_prompt_embeddings`) are returned **un-normalised**
+  unless ``normalize=True``: WinCLIP averages raw embeddings, April-GAN normalises first (§1.4, §2.2).
+
+open_clip 3.x runs its transformers batch-first (spec §4.2); :meth:`_run_block` also handles
+sequence-first stacks so the taps are batch-first either way.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.factory import load_checkpoint
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+from torch import nn
+
+from sowa_lib.profiles import ProfileNotReadyError
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where the weights of one (architecture, tag) come from and how they were trained."""
+
+    filename: str
+    url: str
+    trained_with_quick_gelu: bool
+
+
+#: The checkpoints the study uses (spec april_gan_winclip_peers §1.1, §2.1). Other open_clip tags work
+#: too (open_clip's own table is consulted); these are listed so the error message can name the file.
+PRETRAINED: dict[tuple[str, str], PretrainedWeights] = {
+    ("ViT-L-14-336", "openai"): PretrainedWeights(
+        "ViT-L-14-336px.pt",
+        "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+        trained_with_quick_gelu=True,
+    ),
+    ("ViT-B-16-plus-240", "laion400m_e31"): PretrainedWeights(
+        "vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
+        "https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
+        trained_with_quick_gelu=False,
+    ),
+    ("ViT-B-16-plus-240", "laion400m_e32"): PretrainedWeights(
+        "vit_b_16_plus_240-laion400m_e32-699c4b84.pt",
+        "https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/vit_b_16_plus_240-laion400m_e32-699c4b84.pt",
+        trained_with_quick_gelu=False,
+    ),
+}
+
+#: Where open_clip caches URL downloads when no ``cache_dir`` is given (open_clip.pretrained).
+OPEN_CLIP_URL_CACHE = Path("~/.cache/clip").expanduser()
+
+
+def _tiny_config(patch_size: int, image_size: int) -> dict[str, Any]:
+    """A few-block CLIP of the standard open_clip ViT family; the vision width is divisible by 8
+    (SOWA splits it into 8 heads) and the vocabulary is the real tokenizer's."""
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": image_size, "layers": 4, "width": 64, "head_width": 16, "patch_size": patch_size},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+    }
+
+
+#: Tiny randomly initialised models for the demo profile and tests, same family as the real ones:
+#: ``tiny-clip`` has ViT-L-14-336's patch size 14 (April-GAN, SOWA); ``tiny-clip-b16`` has
+#: ViT-B-16-plus-240's patch size 16 (WinCLIP).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-clip": _tiny_config(patch_size=14, image_size=112),
+    "tiny-clip-b16": _tiny_config(patch_size=16, image_size=112),
+}
+
+
+class WeightsNotFoundError(ProfileNotReadyError):
+    """Pretrained weights are neither cached nor downloadable; the message says where to put them."""
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The open_clip config dict of ``name`` (a tiny config or any open_clip built-in name)."""
+    if name in TINY_CONFIGS:
+        return copy.deepcopy(TINY_CONFIGS[name])
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise KeyError(f"unknown CLIP model {name!r}; tiny: {sorted(TINY_CONFIGS)}, open_clip: see open_clip.list_models()")
+    return config
+
+
+def resolve_weights(name: str, pretrained: str, cache_dir: str | None = None) -> str:
+    """Local file of ``pretrained`` (an existing path, or an open_clip tag that is cached or downloadable).
+
+    Raises :class:`WeightsNotFoundError` naming the file to place and the directory to place it in.
+    """
+    if os.path.isfile(pretrained):
+        return pretrained
+    tag_config = get_pretrained_cfg(name, pretrained)
+    if not tag_config:
+        raise WeightsNotFoundError(
+            f"{pretrained!r} is neither a file nor an open_clip tag of {name}; "
+            f"known tags: {open_clip.list_pretrained_tags_by_model(name)}"
+        )
+    try:
+        # The URL download (prefer_hf_hub=False) caches a plain file whose name we can tell the user.
+        return download_pretrained(tag_config, prefer_hf_hub=False, cache_dir=cache_dir)
+    except Exception as error:  # urllib/hf errors differ by version; all mean "not available here"
+        known = PRETRAINED.get((name, pretrained))
+        filename = known.filename if known else os.path.basename(tag_config.get("url", "")) or "<checkpoint>.pt"
+        folder = Path(cache_dir).expanduser() if cache_dir else OPEN_CLIP_URL_CACHE
+        raise WeightsNotFoundError(
+            f"CLIP weights {name}/{pretrained} are not cached and cannot be downloaded ({error}). "
+            f"Download {tag_config.get('url') or tag_config.get('hf_hub')} on a machine with internet and either "
+            f"put it at {folder / filename} (open_clip's cache) or pass its path as `pretrained=`."
+        ) from error
+
+
+def load_weights(model: open_clip.CLIP, path: str) -> None:
+    """Load a checkpoint strictly: an OpenAI TorchScript archive (the ``openai`` tag's file) or any
+    state dict open_clip reads (``.pt``/``.pth``/``.bin``/``.safetensors``)."""
+    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        state = torch.jit.load(path, map_location="cpu").state_dict()
+        for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # not weights
+            state.pop(key, None)
+        model.load_state_dict(state, strict=True)
+    else:
+        load_checkpoint(model, path, strict=True)
+
+
+def resize_position_embedding(position_embedding: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """``[1 + g*g, C]`` -> ``[1 + grid_size², C]``: bicubic (antialiased, ``align_corners=False``) on the
+    patch grid, CLS position kept (spec april_gan_winclip_peers §1.1, as April-GAN's 518-px factory)."""
+    cls_position, patch_positions = position_embedding[:1], position_embedding[1:]
+    old = math.isqrt(patch_positions.shape[0])
+    if old == grid_size:
+        return position_embedding
+    grid = patch_positions.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([cls_position, grid.permute(0, 2, 3, 1).reshape(grid_size * grid_size, -1)])
+
+
+class ClipBackbone(nn.Module):
+    """A frozen open_clip ``CLIP`` (``.model``) with tap-aware image and prompt-aware text paths.
+
+    Attributes: ``visual`` (open_clip VisionTransformer: ``visual.proj``, ``visual.ln_post``),
+    ``blocks`` (the vision blocks; ``blocks[i].attn`` is an ``nn.MultiheadAttention`` with
+    ``in_proj_weight`` and ``out_proj``), ``token_embedding``, ``image_size``, ``grid_size`` (patches
+    per side), ``width`` (vision width), ``embed_dim``, ``text_width``, ``tokenizer``, ``name``, ``pretrained``.
+    """
+
+    def __init__(self, model: open_clip.CLIP, name: str, pretrained: str | None) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.name = name
+        self.pretrained = pretrained
+        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
+        # Every resize starts from the loaded grid, so resizing twice never compounds interpolation.
+        self.register_buffer("native_position_embedding", model.visual.positional_embedding.detach().clone(), persistent=False)
+
+    # ---------------------------------------------------------------- geometry
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.visual.transformer.resblocks
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.model.token_embedding
+
+    @property
+    def image_size(self) -> int:
+        return self.visual.image_size[0]
+
+    @property
+    def patch_size(self) -> int:
+        return self.visual.patch_size[0]
+
+    @property
+    def grid_size(self) -> int:
+        return self.visual.grid_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.visual.conv1.out_channels
+
+    @property
+    def embed_dim(self) -> int:
+        return self.visual.proj.shape[1]
+
+    @property
+    def text_width(self) -> int:
+        return self.model.token_embedding.embedding_dim
+
+    def set_image_size(self, image_size: int) -> None:
+        """Run at ``image_size`` (a multiple of the patch size) by resizing the position grid (§1.1)."""
+        if image_size % self.patch_size:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {self.patch_size}")
+        grid = image_size // self.patch_size
+        resized = resize_position_embedding(self.native_position_embedding, grid)
+        self.visual.positional_embedding = nn.Parameter(resized, requires_grad=False)
+        self.visual.image_size = (image_size, image_size)
+        self.visual.grid_size = (grid, grid)
+
+    # ---------------------------------------------------------------- image path
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 + T, width]``: patch embedding, CLS prepended, position embedding added; before
+        ``ln_pre`` (where anomalib hooks WinCLIP's window path, spec §2.2)."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(f"{self.name} runs at {self.image_size}px; got images {tuple(images.shape)}")
+        visual = self.visual
+        x = visual.conv1(images).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        return torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+
+    def encode_tokens(
+        self, tokens: torch.Tensor, taps: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run ``[B, L, width]`` token sequences (CLS first, from :meth:`embed_patches`) through
+        ``ln_pre`` and every block; returns the L2-normalised CLS embedding and the raw outputs of
+        the 0-based blocks ``taps``, in the order asked."""
+        self._check_taps(taps)
+        wanted = {index: None for index in taps}
+        x = self.visual.ln_pre(tokens)
+        for index, block in enumerate(self.blocks):
+            x = self._run_block(block, x)
+            if index in wanted:
+                wanted[index] = x
+        return self.pool(x), [wanted[index] for index in taps]
+
+    def encode_image(
+        self, images: torch.Tensor, taps: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Normalised images ``[B, 3, S, S]`` -> (CLS embedding ``[B, embed_dim]`` L2-normalised,
+        ``[tap tokens [B, 1 + T, width] for each 0-based block index in taps]``)."""
+        return self.encode_tokens(self.embed_patches(images), taps)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last-block tokens ``[B, L, width]`` -> L2-normalised ``ln_post(CLS) @ proj``."""
+        return F.normalize(self.visual.ln_post(tokens[:, 0]) @ self.visual.proj, dim=-1)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.visual.transformer.batch_first:
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    def _check_taps(self, taps: Sequence[int]) -> None:
+        bad = [t for t in taps if not 0 <= t < len(self.blocks)]
+        if bad:
+            raise IndexError(f"taps {bad} out of range: {self.name} has blocks 0..{len(self.blocks) - 1} (0-based)")
+
+    # ---------------------------------------------------------------- text path
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[N, context_length]`` token ids (SOT ... EOT, zero padded) on the model's device."""
+        return self.tokenizer(list(texts)).to(self.model.positional_embedding.device)
+
+    @staticmethod
+    def eot_positions(token_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the end-of-text token, the largest id of the vocabulary (as open_clip's argmax pool)."""
+        return token_ids.argmax(dim=-1)
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
+        """``[N, embed_dim]`` text features of ``texts`` (EOT token -> ln_final -> text_projection)."""
+        token_ids = self.tokenize(texts)
+        return self.encode_prompt_embeddings(self.token_embedding(token_ids), self.eot_positions(token_ids), normalize)
+
+    def encode_prompt_embeddings(
+        self, embeddings: torch.Tensor, eot_positions: torch.Tensor, normalize: bool = False
+    ) -> torch.Tensor:
+        """Token *embeddings* ``[N, L, text_width]`` (e.g. learnable CoOp context vectors spliced
+        between token embeddings; ``L <= context_length``) through the frozen text transformer with
+        its causal mask; features at ``eot_positions`` ``[N]`` -> ln_final -> text_projection."""
+        model = self.model
+        length = embeddings.shape[1]
+        x = embeddings + model.positional_embedding[:length].to(embeddings.dtype)
+        mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+        transformer = model.transformer
+        if transformer.batch_first:
+            x = transformer(x, attn_mask=mask)
+        else:
+            x = transformer(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        x = model.ln_final(x)
+        x = x[torch.arange(len(x), device=x.device), eot_positions]
+        projection = model.text_projection
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+def load_clip(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    image_size: int | None = None,
+    quick_gelu: bool,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> ClipBackbone:
+    """Build a frozen :class:`ClipBackbone`.
+
+    name: a tiny config (``"tiny-clip"``, ``"tiny-clip-b16"``) or an open_clip model name
+        (``"ViT-L-14-336"``, ``"ViT-B-16-plus-240"``, ...).
+    pretrained: ``None`` (random init from ``seed``), an open_clip tag (``"openai"``,
+        ``"laion400m_e31"``) or a local checkpoint path (open_clip state dict or OpenAI JIT archive).
+    image_size: run resolution; when it differs from the config's, the position grid is resized
+        bicubically (spec §1.1). ``None`` keeps the native size.
+    quick_gelu: the MLP activation, always explicit. OpenAI weights were trained with QuickGELU, but
+        April-GAN's 518-px path runs them with exact GELU (spec §1.1), so both must be selectable.
+    """
+    config = model_config(name)
+    config.pop("quick_gelu", None)  # the argument decides, not the config name
+    weights = resolve_weights(name, pretrained, cache_dir) if pretrained is not None else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**config, quick_gelu=quick_gelu)
+    if weights is not None:
+        load_weights(model, weights)
+    backbone = ClipBackbone(model, name, pretrained)
+    if image_size is not None:
+        backbone.set_image_size(image_size)
+    return backbone.to(device)
+
+
+def as_backbone(backbone: ClipBackbone | str, pretrained: str | None, **options: Any) -> ClipBackbone:
+    """A method's ``backbone`` argument: an already built :class:`ClipBackbone` (shared between methods
+    or a test's tiny model) or a name for :func:`load_clip`; a built one is resized to ``image_size``."""
+    if isinstance(backbone, ClipBackbone):
+        if options.get("image_size") and options["image_size"] != backbone.image_size:
+            backbone.set_image_size(options["image_size"])
+        return backbone
+    return load_clip(backbone, pretrained, **options)

@@ -1,0 +1,196 @@
+"""April-GAN (VAND 2023 challenge, official ByChelsea/VAND-APRIL-GAN), spec april_gan_winclip_peers §1.
+
+Zero-shot (§1.5): four trainable ``Linear(width -> embed_dim)`` heads on the raw residual stream of
+blocks 6/12/18/24 of ViT-L-14-336 at 518 px; L2-normalised tokens against the prompt-ensemble text
+features × 100; logits upsampled bilinearly (``align_corners=True``) to the image size *before* the
+2-way softmax; abnormal maps summed over layers. Image score: the CLS embedding's text probability.
+Few-shot (§1.6): the shared memory recipe of :mod:`sowa_lib.methods.fewshot`, on the same encoder pass.
+Training (§1.7): focal + Dice per layer on the auxiliary dataset's test split.
+
+Fidelity switches (reference behaviour is the default):
+
+- ``activation``: ``"gelu"`` (the official 518-px path runs OpenAI weights with exact GELU, §1.1)
+  or ``"quick_gelu"`` (what the weights were trained with).
+- ``image_score``: few-shot image score ``"transductive_minmax"`` (§1.6) or ``"raw"``
+  (``0.5·(p + max map)``, per image).
+- ``reference_replacement``: K-shot references drawn with replacement (``torch.randint``, §1.6) or
+  without; the runner reads it when it draws references.
+
+Known departure kept on purpose: the reference runs under fp16 autocast (§1.1 "Precision"); here
+everything is fp32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sowa_lib.backbones.clip import ClipBackbone, as_backbone
+from sowa_lib.data.sample import Sample
+from sowa_lib.losses import dice_loss, focal_loss
+from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
+from sowa_lib.methods.fewshot import (
+    IMAGE_SCORE_MODES,
+    MAP_MAX,
+    few_shot_extras,
+    few_shot_image_scores,
+    finalize_few_shot,
+    memory_distance_map,
+)
+from sowa_lib.ops import MemoryBank, resize_maps, tokens_to_grid
+from sowa_lib.prompts import APRIL_GAN, class_scores, class_text_features
+from sowa_lib.training import EpochCheckpoints, TrainingBatch, TrainingSchedule, train_segmentation
+
+#: April-GAN's fixed logit scale of 100 (§1.5), as a temperature.
+TEMPERATURE = 0.01
+#: Epochs and mosaic rate by auxiliary dataset (§1.7): 3 epochs with mosaic p = 0.2 when training on
+#: MVTec AD, 15 epochs without mosaic when training on VisA.
+SCHEDULE_BY_AUXILIARY: dict[str, tuple[int, float]] = {"mvtec": (3, 0.2), "visa": (15, 0.0)}
+ACTIVATIONS = ("gelu", "quick_gelu")
+
+
+class AprilGAN(AnomalyMethod):
+    name = "april_gan"
+    normalization = "clip"
+    training_data = "auxiliary"
+    profiles = {
+        "demo": {
+            "backbone": "tiny-clip",
+            "pretrained": None,
+            "image_size": 112,
+            "layers": (0, 1, 2, 3),
+            "epochs": 3,
+            "mosaic_rate": 0.2,
+        }
+    }
+
+    def __init__(
+        self,
+        backbone: ClipBackbone | str = "ViT-L-14-336",
+        pretrained: str | None = "openai",
+        image_size: int = 518,
+        layers: Sequence[int] = (5, 11, 17, 23),
+        activation: str = "gelu",
+        image_score: str = "transductive_minmax",
+        reference_replacement: bool = True,
+        epochs: int | None = None,
+        mosaic_rate: float | None = None,
+        batch_size: int = 8,
+        learning_rate: float = 1e-3,
+        betas: tuple[float, float] = (0.5, 0.999),
+        seed: int = 111,
+    ) -> None:
+        """``layers`` are 0-based block indices (the default is the paper's 6/12/18/24).
+        ``epochs``/``mosaic_rate`` of ``None`` follow :data:`SCHEDULE_BY_AUXILIARY` for the dataset
+        that :meth:`fit` receives."""
+        super().__init__()
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("image_score", image_score, IMAGE_SCORE_MODES)
+        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=activation == "quick_gelu")
+        self.image_size = self.clip.image_size
+        self.layers = tuple(layers)
+        self.image_score = image_score
+        self.reference_replacement = reference_replacement
+        self.epochs, self.mosaic_rate, self.batch_size = epochs, mosaic_rate, batch_size
+        self.learning_rate, self.betas, self.seed = learning_rate, tuple(betas), seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the reference seeds 111 before creating the heads (§1.3)
+            self.heads = nn.ModuleList(nn.Linear(self.clip.width, self.clip.embed_dim) for _ in self.layers)
+        self.memory = MemoryBank(metric="cosine")
+        self._text_features: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ text
+    def text_features(self, category: str) -> torch.Tensor:
+        """``[2, D]`` prompt-ensemble features (normal, abnormal) of ``category``, cached (§1.4)."""
+        if category not in self._text_features:
+            self._text_features[category] = class_text_features(self.clip.encode_text, APRIL_GAN, category)
+        return self._text_features[category].to(self.device)
+
+    # ------------------------------------------------------------------ zero-shot maps
+    def layer_probabilities(self, taps: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer ``[B, 2, S, S]`` softmax maps (§1.5): head, L2-normalise, × 100 against ``text``
+        (``[2, D]`` or per-sample ``[B, 2, D]``), upsample (align_corners=True), then softmax."""
+        maps = []
+        for head, tokens in zip(self.heads, taps):
+            patches = F.normalize(head(tokens[:, 1:]), dim=-1)
+            text_t = F.normalize(text, dim=-1).transpose(-1, -2)
+            logits = (patches @ text_t) / TEMPERATURE
+            logits = resize_maps(tokens_to_grid(logits), self.image_size, align_corners=True)
+            maps.append(logits.softmax(dim=1))
+        return maps
+
+    def training_loss(self, batch: TrainingBatch) -> torch.Tensor:
+        """Σ over layers of focal(γ=2) + Dice on the abnormal channel (§1.7); backbone frozen."""
+        with torch.no_grad():
+            _, taps = self.clip.encode_image(batch.images, self.layers)
+        text = torch.stack([self.text_features(c) for c in batch.categories])
+        return sum(focal_loss(p, batch.masks) + dice_loss(p[:, 1], batch.masks) for p in self.layer_probabilities(taps, text))
+
+    # ------------------------------------------------------------------ training
+    def schedule(self, samples: Sequence[Sample]) -> TrainingSchedule:
+        """Epochs and mosaic rate: the constructor's, else the reference's for the auxiliary dataset."""
+        datasets = {s.dataset for s in samples}
+        default = SCHEDULE_BY_AUXILIARY.get(next(iter(datasets))) if len(datasets) == 1 else None
+        if (self.epochs is None or self.mosaic_rate is None) and default is None:
+            raise ValueError(f"no reference schedule for auxiliary data {sorted(datasets)}; pass epochs= and mosaic_rate=")
+        epochs = self.epochs if self.epochs is not None else default[0]
+        mosaic_rate = self.mosaic_rate if self.mosaic_rate is not None else default[1]
+        return TrainingSchedule(epochs=epochs, batch_size=self.batch_size, mosaic_rate=mosaic_rate, seed=self.seed)
+
+    def fit(self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+        """Train the heads (Adam lr 1e-3, betas (0.5, 0.999), batch 8, §1.7); resumes from the last
+        epoch checkpoint in ``checkpoint_dir``, where each epoch's heads are saved."""
+        schedule = self.schedule(samples)
+        optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.learning_rate, betas=self.betas)
+        checkpoints = EpochCheckpoints(checkpoint_dir)
+        start_epoch, previous = 0, []
+        if (last := checkpoints.latest()) is not None:
+            self.load_trainable_state_dict(last["state"])
+            optimizer.load_state_dict(last["optimizer"])
+            start_epoch, previous = last["epoch"] + 1, last["losses"]
+        self.heads.train()
+        losses = train_segmentation(
+            samples,
+            self.training_loss,
+            optimizer,
+            schedule,
+            image_size=self.image_size,
+            normalization=self.normalization,
+            device=self.device,
+            start_epoch=start_epoch,
+            on_epoch_end=lambda epoch, steps: checkpoints.save(epoch, self.trainable_state_dict(), optimizer, previous + steps),
+            progress=progress,
+        )
+        self.heads.eval()
+        return {"loss": previous + losses, "epochs": schedule.epochs, "mosaic_rate": schedule.mosaic_rate}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def set_references(self, images: torch.Tensor, category: str) -> None:
+        """Per-layer memory of the K references' raw patch tokens (§1.6); K = 0 clears it."""
+        if len(images) == 0:
+            self.memory.clear()
+            return
+        _, taps = self.clip.encode_image(images.to(self.device), self.layers)
+        self.memory.set([t[:, 1:] for t in taps])
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, category: str) -> Prediction:
+        """One encoder pass per image: zero-shot maps, image probability and (K > 0) memory distances."""
+        text = self.text_features(category)
+        cls_embedding, taps = self.clip.encode_image(images, self.layers)
+        maps = sum(p[:, 1] for p in self.layer_probabilities(taps, text))
+        scores = class_scores(cls_embedding, text, TEMPERATURE)[:, 1]
+        extras: dict[str, torch.Tensor] = {}
+        if len(self.memory):
+            maps = maps + memory_distance_map(self.memory, [t[:, 1:] for t in taps], self.image_size)
+            extras = few_shot_extras(scores, maps)
+            scores = few_shot_image_scores(scores, extras[MAP_MAX], "raw")
+        return Prediction(scores=scores.float().cpu(), maps=maps.float().cpu(), extras={k: v.cpu() for k, v in extras.items()})
+
+    def finalize_category(self, pred: Prediction) -> Prediction:
+        """Few-shot image score over the category's test images (§1.6, ``image_score``)."""
+        return finalize_few_shot(pred, self.image_score)

@@ -1,0 +1,160 @@
+"""Supervised segmentation training on auxiliary samples, shared by April-GAN and SOWA.
+
+The protocol (spec april_gan_winclip_peers §1.7; sowa §2.1-§2.4): the *test* split of the auxiliary
+dataset with its masks, shuffled batches, each sample replaced by a 2×2 mosaic with probability
+``mosaic_rate``, images resized to the method's size and normalised, masks resized bilinearly and
+thresholded at 0.5. The method supplies the loss and the optimizer; this module only feeds batches.
+
+Shuffling and mosaic draws are seeded per epoch (``seed``, ``epoch``), so a run resumed from an
+epoch checkpoint continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sowa_lib.data.augment import draw_tiles, group_by_defect, mosaic
+from sowa_lib.data.sample import Sample
+from sowa_lib.data.transforms import image_to_tensor, mask_to_tensor
+
+
+
+@dataclass(frozen=True)
+class TrainingBatch:
+    """What a method's loss sees: ``images [B,3,S,S]`` (normalised), float ``masks [B,S,S]`` in {0,1},
+    ``labels [B]`` and the samples' ``categories`` (April-GAN picks each sample's class prompts)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    labels: torch.Tensor
+    categories: tuple[str, ...]
+
+
+LossFunction = Callable[[TrainingBatch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """How long and on what: the reference defaults are April-GAN's (§1.7)."""
+
+    epochs: int
+    batch_size: int = 8
+    mosaic_rate: float = 0.0
+    seed: int = 111
+    mask_threshold: float = 0.5  # SOWA trains on masks resized bilinearly then > 0 (sowa §2.2)
+    mosaic_label_fix: bool = False  # True: a mosaic is anomalous iff a tile is (sowa §5.4.9 bug fixed)
+
+
+def epoch_rng(seed: int, epoch: int) -> random.Random:
+    """The generator for one epoch's shuffle and mosaic draws."""
+    return random.Random(seed * 1_000_003 + epoch)
+
+
+def load_training_pair(
+    sample: Sample, pools: dict[str, dict[str, list[Sample]]], rng: random.Random, mosaic_rate: float,
+    mosaic_label_fix: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The sample's image, mask and label, or with probability ``mosaic_rate`` a mosaic of its
+    category; the mosaic keeps ``sample.label`` unless ``mosaic_label_fix`` (then: any tile's label)."""
+    if mosaic_rate > 0 and rng.random() < mosaic_rate:
+        tiles = draw_tiles(pools[sample.category], rng)
+        label = max(t.label for t in tiles) if mosaic_label_fix else sample.label
+        return (*mosaic(tiles), label)
+    return sample.read_image(), sample.read_mask(), sample.label
+
+
+def load_training_batch(
+    samples: Sequence[Sample],
+    pools: dict[str, dict[str, list[Sample]]],
+    rng: random.Random,
+    *,
+    image_size: int,
+    normalization: str,
+    mosaic_rate: float,
+    device: torch.device | str = "cpu",
+    mask_threshold: float = 0.5,
+    mosaic_label_fix: bool = False,
+) -> TrainingBatch:
+    """The batch of ``samples``; a mosaic keeps the label and category of the sample it replaces, as
+    both reference datasets do (sowa §2.4)."""
+    triples = [load_training_pair(s, pools, rng, mosaic_rate, mosaic_label_fix) for s in samples]
+    images = torch.stack([image_to_tensor(image, image_size, normalization) for image, _, _ in triples])
+    masks = torch.stack([mask_to_tensor(mask, image_size, mask_threshold) for _, mask, _ in triples]).float()
+    labels = torch.tensor([label for _, _, label in triples], dtype=torch.long)
+    return TrainingBatch(images.to(device), masks.to(device), labels.to(device), tuple(s.category for s in samples))
+
+
+def train_segmentation(
+    samples: Sequence[Sample],
+    loss_fn: LossFunction,
+    optimizer: torch.optim.Optimizer,
+    schedule: TrainingSchedule,
+    *,
+    image_size: int,
+    normalization: str = "clip",
+    device: torch.device | str = "cpu",
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[int, list[float]], None] | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Train for ``schedule.epochs`` epochs; returns the loss of every optimisation step.
+
+    ``loss_fn(batch)`` returns the scalar to minimise for a :class:`TrainingBatch`. ``on_epoch_end(epoch, step_losses_so_far)`` runs after each epoch (checkpointing).
+    Epochs before ``start_epoch`` are skipped (resuming).
+    """
+    if not samples:
+        raise ValueError("no training samples")
+    pools = group_by_defect(samples)
+    steps_per_epoch = -(-len(samples) // schedule.batch_size)
+    losses: list[float] = []
+    bar = tqdm(total=(schedule.epochs - start_epoch) * steps_per_epoch, disable=not progress, desc="train")
+    for epoch in range(start_epoch, schedule.epochs):
+        rng = epoch_rng(schedule.seed, epoch)
+        order = list(range(len(samples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), schedule.batch_size):
+            batch = [samples[i] for i in order[start : start + schedule.batch_size]]
+            loss = loss_fn(load_training_batch(
+                batch, pools, rng, image_size=image_size, normalization=normalization,
+                mosaic_rate=schedule.mosaic_rate, device=device,
+                mask_threshold=schedule.mask_threshold, mosaic_label_fix=schedule.mosaic_label_fix,
+            ))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, losses)
+    bar.close()
+    return losses
+
+
+class EpochCheckpoints:
+    """One file per finished epoch (``epoch_003.pt``: trainable state, optimizer state, step losses);
+    :meth:`latest` gives what a resumed run starts from."""
+
+    def __init__(self, directory: Path | str | None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+
+    def save(self, epoch: int, state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, losses: list[float]) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = {"epoch": epoch, "state": state, "optimizer": optimizer.state_dict(), "losses": list(losses)}
+        tmp = self.directory / f".epoch_{epoch:03d}.pt.tmp"
+        torch.save(payload, tmp)
+        tmp.replace(self.directory / f"epoch_{epoch:03d}.pt")
+
+    def latest(self) -> dict[str, Any] | None:
+        if self.directory is None or not self.directory.is_dir():
+            return None
+        files = sorted(self.directory.glob("epoch_*.pt"))
+        return torch.load(files[-1], map_location="cpu", weights_only=True) if files else None

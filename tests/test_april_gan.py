@@ -1,0 +1,142 @@
+"""April-GAN (spec april_gan_winclip_peers §1) on the tiny CLIP and the generated demo benchmark,
+plus the shared few-shot scoring, mosaic and training loop it uses."""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from sowa_lib.backbones.clip import load_clip
+from sowa_lib.data import demo, load
+from sowa_lib.data.augment import draw_tiles, group_by_defect, mosaic
+from sowa_lib.data.transforms import load_images
+from sowa_lib.methods import build
+from sowa_lib.methods.base import Prediction
+from sowa_lib.methods.fewshot import few_shot_image_scores, finalize_few_shot
+from sowa_lib.training import TrainingSchedule, epoch_rng, load_training_batch
+
+torch.set_num_threads(1)
+SIZE = 56
+
+
+def tiny_april_gan(**options):
+    clip = load_clip("tiny-clip", image_size=SIZE, quick_gelu=False, seed=0)
+    defaults = {"image_size": SIZE, "layers": (0, 1, 2, 3), "epochs": 2, "mosaic_rate": 0.2}
+    return build("april_gan", backbone=clip, **{**defaults, **options})
+
+
+@pytest.fixture(scope="module")
+def demo_roots(tmp_path_factory):
+    return demo.generate(tmp_path_factory.mktemp("demo"), image_size=64, n_train=3, n_test_good=2, n_test_bad=2)
+
+
+@pytest.fixture(scope="module")
+def auxiliary(demo_roots):
+    return load("demo", demo_roots["demo_b"], split="test")
+
+
+def test_layer_maps_upsample_logits_before_softmax():
+    method = tiny_april_gan()
+    text = method.text_features("bottle")
+    _, taps = method.clip.encode_image(torch.randn(1, 3, SIZE, SIZE), method.layers)
+    probabilities = method.layer_probabilities(taps, text)
+    assert len(probabilities) == 4 and probabilities[0].shape == (1, 2, SIZE, SIZE)
+    tokens = torch.nn.functional.normalize(method.heads[2](taps[2][:, 1:]), dim=-1)
+    logits = 100 * tokens @ torch.nn.functional.normalize(text, dim=-1).T  # [1, 16, 2]
+    grid = logits.transpose(1, 2).reshape(1, 2, 4, 4)
+    up = torch.nn.functional.interpolate(grid, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+    assert torch.allclose(probabilities[2], up.softmax(dim=1), atol=1e-5)
+
+
+def test_heads_are_the_only_trainable_weights_and_seeded():
+    a, b = tiny_april_gan(), tiny_april_gan()
+    state = a.trainable_state_dict()
+    assert sorted(state) == [f"heads.{i}.{p}" for i in range(4) for p in ("bias", "weight")]
+    assert state["heads.0.weight"].shape == (a.clip.embed_dim, a.clip.width)
+    assert all(torch.equal(state[k], v) for k, v in b.trainable_state_dict().items())
+
+
+def test_reference_schedule_follows_the_auxiliary_dataset(auxiliary):
+    method = tiny_april_gan(epochs=None, mosaic_rate=None)
+    as_mvtec = [dataclasses.replace(s, dataset="mvtec") for s in auxiliary]
+    as_visa = [dataclasses.replace(s, dataset="visa") for s in auxiliary]
+    assert (method.schedule(as_mvtec).epochs, method.schedule(as_mvtec).mosaic_rate) == (3, 0.2)
+    assert (method.schedule(as_visa).epochs, method.schedule(as_visa).mosaic_rate) == (15, 0.0)
+    with pytest.raises(ValueError, match="epochs="):
+        method.schedule(auxiliary)
+
+
+def test_training_reduces_the_loss_and_resumes_exactly(auxiliary, tmp_path):
+    method = tiny_april_gan()
+    fixed = load_training_batch(auxiliary[:8], group_by_defect(auxiliary), random.Random(0), image_size=SIZE, normalization="clip", mosaic_rate=0.0)
+    with torch.no_grad():
+        before = method.training_loss(fixed).item()
+    log = method.fit(auxiliary, checkpoint_dir=tmp_path, progress=False)
+    with torch.no_grad():
+        after = method.training_loss(fixed).item()
+    assert after < before and len(log["loss"]) == 2 * 2  # 16 samples, batch 8, 2 epochs
+    assert set(torch.load(tmp_path / "epoch_001.pt", weights_only=True)["state"]) == set(method.trainable_state_dict())
+    (tmp_path / "epoch_001.pt").unlink()  # interrupted after epoch 0: the resumed run redoes epoch 1
+    resumed = tiny_april_gan()
+    resumed_log = resumed.fit(auxiliary, checkpoint_dir=tmp_path, progress=False)
+    assert resumed_log["loss"] == pytest.approx(log["loss"])
+    assert all(torch.allclose(v, method.trainable_state_dict()[k]) for k, v in resumed.trainable_state_dict().items())
+
+
+def test_predict_zero_and_few_shot_single_encoder_pass(demo_roots):
+    method = tiny_april_gan()
+    category = "brick"
+    test = load("demo", demo_roots["demo_a"], category, "test")
+    train = load("demo", demo_roots["demo_a"], category, "train")
+    images = load_images(test, SIZE)
+    zero = method.finalize_category(method.predict(images, category))
+    assert zero.maps.shape == (len(test), SIZE, SIZE) and torch.all((zero.maps >= 0) & (zero.maps <= 4))
+    text = method.text_features(category)
+    cls, _ = method.clip.encode_image(images)
+    assert torch.allclose(zero.scores, (100 * cls @ text.T).softmax(-1)[:, 1], atol=1e-5)
+    method.set_references(load_images(train[:2], SIZE), category)
+    calls = []
+    hook = method.clip.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    raw = method.predict(images, category)
+    hook.remove()
+    assert len(calls) == 1  # the encoder runs once per batch, zero- and few-shot share it
+    assert torch.all(raw.maps >= zero.maps - 1e-6) and torch.all(raw.maps <= zero.maps + 8)
+    final = method.finalize_category(raw)
+    maxima = raw.maps.flatten(1).max(1).values
+    expected = 0.5 * (zero.scores + (maxima - maxima.min()) / (maxima.max() - maxima.min()))
+    assert torch.allclose(final.scores, expected, atol=1e-6)
+    again = tiny_april_gan()
+    again.set_references(load_images(train[:2], SIZE), category)
+    assert torch.equal(again.predict(images, category).maps, raw.maps)
+
+
+def test_few_shot_image_score_modes_by_hand():
+    text, maxima = torch.tensor([0.2, 0.4, 0.6]), torch.tensor([1.0, 3.0, 2.0])
+    assert torch.allclose(few_shot_image_scores(text, maxima, "transductive_minmax"), torch.tensor([0.1, 0.7, 0.55]))
+    assert torch.allclose(few_shot_image_scores(text, maxima, "raw"), torch.tensor([0.6, 1.7, 1.3]))
+    zero_shot = Prediction(scores=text, maps=torch.zeros(3, 2, 2))
+    assert finalize_few_shot(zero_shot, "transductive_minmax") is zero_shot
+    with pytest.raises(ValueError):
+        few_shot_image_scores(text, maxima, "rank")
+
+
+def test_mosaic_tiles_row_major_with_masks(auxiliary):
+    pools = group_by_defect(auxiliary)[auxiliary[0].category]
+    tiles = draw_tiles(pools, random.Random(3))
+    image, mask = mosaic(tiles)
+    first = tiles[0].read_image()
+    h, w = first.shape[:2]
+    assert image.shape == (2 * h, 2 * w, 3) and mask.shape == (2 * h, 2 * w)
+    assert (image[:h, :w] == first).all() and (image[h:, w:] == tiles[3].read_image()).all()
+    assert (mask[:h, w:] == tiles[1].read_mask()).all()
+    assert draw_tiles(pools, random.Random(3)) == tiles
+
+
+def test_training_batches_are_seeded_per_epoch(auxiliary):
+    pools = group_by_defect(auxiliary)
+    batches = [load_training_batch(auxiliary[:4], pools, epoch_rng(111, 0), image_size=SIZE, normalization="clip", mosaic_rate=0.5) for _ in range(2)]
+    assert torch.equal(batches[0].images, batches[1].images) and torch.equal(batches[0].masks, batches[1].masks)
+    assert set(batches[0].masks.unique().tolist()) <= {0.0, 1.0}
+    assert TrainingSchedule(epochs=3).batch_size == 8

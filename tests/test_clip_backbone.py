@@ -1,0 +1,123 @@
+"""ClipBackbone on the tiny random CLIP: taps, CLS embedding, text paths, position resize, loading."""
+from __future__ import annotations
+
+import pytest
+import torch
+from open_clip.model import resize_pos_embed
+from open_clip.transformer import QuickGELU
+
+import sowa_lib.backbones.clip as clip_module
+from sowa_lib.backbones.clip import WeightsNotFoundError, load_clip, resize_position_embedding
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=0)
+
+
+def test_taps_are_block_outputs_batch_first_and_cls_matches_open_clip(clip):
+    images = torch.randn(2, 3, 112, 112)
+    hooked = {}
+    handles = [b.register_forward_hook(lambda m, i, o, k=k: hooked.__setitem__(k, o)) for k, b in enumerate(clip.blocks)]
+    embedding, taps = clip.encode_image(images, taps=[3, 1])
+    for h in handles:
+        h.remove()
+    assert embedding.shape == (2, clip.embed_dim) and embedding.dtype == torch.float32
+    assert torch.allclose(embedding.norm(dim=-1), torch.ones(2), atol=1e-6)
+    assert [t.shape for t in taps] == [(2, 1 + 8 * 8, clip.width)] * 2
+    assert torch.equal(taps[0], hooked[3]) and torch.equal(taps[1], hooked[1])  # order as asked, 0-based
+    reference = torch.nn.functional.normalize(clip.model.visual(images), dim=-1)
+    assert torch.allclose(embedding, reference, atol=1e-6)
+
+
+def test_embed_patches_then_encode_tokens_is_encode_image(clip):
+    images = torch.randn(1, 3, 112, 112)
+    tokens = clip.embed_patches(images)
+    assert tokens.shape == (1, 65, clip.width)
+    assert torch.equal(clip.encode_tokens(tokens)[0], clip.encode_image(images)[0])
+
+
+def test_bad_taps_and_sizes_are_refused(clip):
+    with pytest.raises(IndexError, match="0-based"):
+        clip.encode_image(torch.randn(1, 3, 112, 112), taps=[4])
+    with pytest.raises(ValueError, match="112px"):
+        clip.encode_image(torch.randn(1, 3, 224, 224))
+
+
+def test_text_paths_agree_with_open_clip(clip):
+    texts = ["a photo of a metal_nut.", "damaged bottle"]
+    ids = clip.tokenize(texts)
+    expected = clip.model.encode_text(ids)
+    assert torch.allclose(clip.encode_text(texts), expected, atol=1e-5)
+    direct = clip.encode_prompt_embeddings(clip.token_embedding(ids), clip.eot_positions(ids))
+    assert torch.allclose(direct, expected, atol=1e-5)
+    assert torch.allclose(clip.encode_text(texts, normalize=True).norm(dim=-1), torch.ones(2), atol=1e-6)
+
+
+def test_prompt_embeddings_carry_gradients_to_learnable_context(clip):
+    ids = clip.tokenize(["X X X X object."])
+    embeddings = clip.token_embedding(ids).detach()
+    context = torch.zeros(4, clip.text_width, requires_grad=True)
+    spliced = torch.cat([embeddings[:, :1], context[None], embeddings[:, 5:]], dim=1)
+    out = clip.encode_prompt_embeddings(spliced, clip.eot_positions(ids))
+    out.sum().backward()
+    assert context.grad is not None and context.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in clip.parameters())
+
+
+def test_position_resize_matches_open_clip_and_keeps_cls():
+    torch.manual_seed(0)
+    position = torch.randn(1 + 24 * 24, 16)
+    resized = resize_position_embedding(position, 37)
+    assert resized.shape == (1 + 37 * 37, 16) and torch.equal(resized[0], position[0])
+    state = {"visual.positional_embedding": position}
+    model = type("M", (), {"visual": type("V", (), {"grid_size": (37, 37)})()})()
+    resize_pos_embed(state, model)  # open_clip's loader resize (bicubic, antialias, CLS kept)
+    assert torch.allclose(resized, state["visual.positional_embedding"])
+    assert resize_position_embedding(position, 24) is position
+
+
+def test_set_image_size_always_starts_from_the_loaded_grid():
+    clip = load_clip("tiny-clip", quick_gelu=False, seed=0)
+    native = clip.visual.positional_embedding.clone()
+    clip.set_image_size(224)
+    assert clip.grid_size == 16 and clip.visual.positional_embedding.shape[0] == 257
+    clip.set_image_size(112)
+    assert torch.equal(clip.visual.positional_embedding, native)
+    with pytest.raises(ValueError, match="multiple"):
+        clip.set_image_size(100)
+
+
+def test_seed_and_activation_are_explicit():
+    a = load_clip("tiny-clip", quick_gelu=True, seed=1)
+    b = load_clip("tiny-clip", quick_gelu=False, seed=1)
+    c = load_clip("tiny-clip", quick_gelu=False, seed=2)
+    assert isinstance(a.blocks[0].mlp.gelu, QuickGELU) and isinstance(b.blocks[0].mlp.gelu, torch.nn.GELU)
+    assert torch.equal(a.visual.proj, b.visual.proj) and not torch.equal(b.visual.proj, c.visual.proj)
+    assert b.patch_size == 14 and load_clip("tiny-clip-b16", quick_gelu=False).patch_size == 16
+    assert b.width % 8 == 0
+
+
+def test_local_state_dict_and_torchscript_archive_load(tmp_path):
+    source = load_clip("tiny-clip", quick_gelu=True, seed=3)
+    torch.save(source.model.state_dict(), tmp_path / "tiny.pt")
+    traced = torch.jit.trace_module(source.model, {"encode_image": torch.randn(1, 3, 112, 112)}, check_trace=False)
+    traced.save(str(tmp_path / "tiny_jit.pt"))  # the OpenAI releases are TorchScript archives
+    images = torch.randn(1, 3, 112, 112)
+    for path in ("tiny.pt", "tiny_jit.pt"):
+        loaded = load_clip("tiny-clip", str(tmp_path / path), quick_gelu=True, seed=4)
+        assert torch.equal(loaded.encode_image(images)[0], source.encode_image(images)[0])
+
+
+def test_uncached_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(clip_module, "download_pretrained", offline)
+    with pytest.raises(WeightsNotFoundError) as error:
+        load_clip("ViT-L-14-336", "openai", quick_gelu=True, cache_dir=str(tmp_path))
+    assert str(tmp_path / "ViT-L-14-336px.pt") in str(error.value) and "pretrained=" in str(error.value)
+    with pytest.raises(WeightsNotFoundError, match="known tags"):
+        load_clip("ViT-B-16-plus-240", "no_such_tag", quick_gelu=False)
