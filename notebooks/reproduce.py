@@ -37,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cpu for demo, cuda for paper")
     parser.add_argument("--executor", default="local")
     parser.add_argument("--only", default=None, help="run one notebook, e.g. 02_few_shot")
-    parser.add_argument("--in-place", action="store_true", help="overwrite the notebooks in notebooks/")
+    parser.add_argument("--in-place", action="store_true", help="overwrite the notebooks in notebooks/ (demo defaults only)")
     args = parser.parse_args(argv)
 
+    if args.in_place and (args.profile != "demo" or args.data_root or args.results_dir):
+        parser.error("--in-place refreshes the committed notebooks with their demo defaults only")
     device = args.device or ("cuda" if args.profile == "paper" else "cpu")
     try:
         profile = get_profile(args.profile, args.data_root, args.results_dir, device)
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         target = book if args.in_place else out_dir / book.name
         start = time.perf_counter()
         print(f"== {book.stem} -> {target}", flush=True)
-        papermill.execute_notebook(str(book), str(target), parameters=parameters, cwd=str(HERE), progress_bar=False, kernel_name="python3")
+        # in place: the notebooks keep their own (demo) defaults and no injected-parameters cell
+        papermill.execute_notebook(str(book), str(target), parameters={} if args.in_place else parameters,
+                                   cwd=str(HERE), progress_bar=False, kernel_name="python3")
         print(f"   {book.stem}: {time.perf_counter() - start:.1f} s", flush=True)
     print(f"reproduce: profile {profile.name}, {len(numbered_notebooks(args.only))} notebook(s) in {time.perf_counter() - total:.1f} s (measured)")
     return 0

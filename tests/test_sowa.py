@@ -23,6 +23,7 @@ from sowa_lib.methods.sowa_adapter import (
     ContinuousPositionBias,
     FrozenWindowAttention,
     HFWAAdapter,
+    WindowOptions,
     relative_coords_table,
     relative_position_index,
     shifted_window_mask,
@@ -126,8 +127,8 @@ def _reference_window_attention(attn: nn.MultiheadAttention, x: torch.Tensor, he
 @pytest.mark.parametrize("value_only, in_proj_bias", [(True, False), (False, False), (True, True), (False, True)])
 def test_frozen_window_attention_matches_per_head_loop(value_only: bool, in_proj_bias: bool) -> None:
     attn = _frozen_attention(width=16, heads=4)
-    fwa = FrozenWindowAttention(attn, window=2, num_heads=2, cpb_hidden=8, value_only=value_only, attn_drop=0.0,
-                                in_proj_bias=in_proj_bias)
+    fwa = FrozenWindowAttention(attn, window=2, options=WindowOptions(num_heads=2, cpb_hidden=8, value_only=value_only,
+                                                                       attn_drop=0.0, in_proj_bias=in_proj_bias))
     x = torch.randn(3, 4, 16)
     out = fwa(x)
     bias = fwa.position_bias()
@@ -137,7 +138,7 @@ def test_frozen_window_attention_matches_per_head_loop(value_only: bool, in_proj
 
 
 def test_logit_scale_init_ln10_and_clamped_at_ln100() -> None:
-    fwa = FrozenWindowAttention(_frozen_attention(), window=2, num_heads=2, attn_drop=0.0)
+    fwa = FrozenWindowAttention(_frozen_attention(), window=2, options=WindowOptions(num_heads=2, attn_drop=0.0))
     assert torch.allclose(fwa.logit_scale, torch.full((2, 1, 1), math.log(10.0)))
     x = torch.randn(1, 4, 16)
     with torch.no_grad():
@@ -152,7 +153,7 @@ def test_logit_scale_init_ln10_and_clamped_at_ln100() -> None:
 
 def test_hfwa_adapter_shapes_trainables_and_frozen_sharing() -> None:
     attn = _frozen_attention(width=16, heads=4)
-    adapter = HFWAAdapter(attn, grid=4, window=2, depth=2, num_heads=2, cpb_hidden=8)
+    adapter = HFWAAdapter(attn, grid=4, window=2, depth=2, options=WindowOptions(num_heads=2, cpb_hidden=8))
     assert [b.shift for b in adapter.blocks] == [0, 1]
     tokens = torch.randn(3, 16, 16)
     assert adapter(tokens).shape == (3, 16, 16)
@@ -165,7 +166,7 @@ def test_hfwa_adapter_shapes_trainables_and_frozen_sharing() -> None:
 
 def test_hfwa_global_window_has_no_shift_and_post_norm_residual() -> None:
     attn = _frozen_attention(width=16, heads=4)
-    adapter = HFWAAdapter(attn, grid=4, window=8, depth=2, num_heads=2).eval()
+    adapter = HFWAAdapter(attn, grid=4, window=8, depth=2, options=WindowOptions(num_heads=2)).eval()
     assert [(b.window, b.shift) for b in adapter.blocks] == [(4, 0), (4, 0)]
     block = adapter.blocks[0]
     tokens = torch.randn(2, 16, 16)

@@ -94,6 +94,11 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Demo-profile settings of the methods that tap ViT-L-14-336's four levels (April-GAN, SOWA): the
+#: tiny model at 112 px (an 8×8 grid) with all four of its blocks tapped.
+DEMO_LAYERED_CLIP: dict[str, Any] = {"backbone": "tiny-clip", "pretrained": None, "image_size": 112, "layers": (0, 1, 2, 3)}
+
+
 class WeightsNotFoundError(ProfileNotReadyError):
     """Pretrained weights are neither cached nor downloadable; the message says where to put them."""
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sowa_lib.backbones.clip import ClipBackbone, as_backbone
+from sowa_lib.backbones.clip import DEMO_LAYERED_CLIP, ClipBackbone, as_backbone
 from sowa_lib.data.sample import Sample
 from sowa_lib.losses import dice_loss, focal_loss
 from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
@@ -58,10 +58,7 @@ class AprilGAN(AnomalyMethod):
     training_data = "auxiliary"
     profiles = {
         "demo": {
-            "backbone": "tiny-clip",
-            "pretrained": None,
-            "image_size": 112,
-            "layers": (0, 1, 2, 3),
+            **DEMO_LAYERED_CLIP,
             "epochs": 3,
             "mosaic_rate": 0.2,
         }

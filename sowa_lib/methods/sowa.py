@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sowa_lib.backbones.clip import ClipBackbone, as_backbone
+from sowa_lib.backbones.clip import DEMO_LAYERED_CLIP, ClipBackbone, as_backbone
 from sowa_lib.data.sample import Sample
 from sowa_lib.losses import dice_loss, focal_loss
-from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
 from sowa_lib.methods.fewshot import IMAGE_SCORE_MODES, few_shot_extras, finalize_few_shot, memory_distance_map
-from sowa_lib.methods.sowa_adapter import HFWAAdapter
+from sowa_lib.methods.sowa_adapter import HFWAAdapter, WindowOptions
 from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps, tokens_to_grid
 from sowa_lib.training import EpochCheckpoints, TrainingBatch, TrainingSchedule, train_segmentation
 
@@ -108,10 +108,7 @@ class SOWA(AnomalyMethod):
     training_data = "auxiliary"
     profiles = {
         "demo": {
-            "backbone": "tiny-clip",
-            "pretrained": None,
-            "image_size": 112,
-            "layers": (0, 1, 2, 3),
+            **DEMO_LAYERED_CLIP,
             "window": 4,
             "mosaic_datasets": ("demo_a",),
         },
@@ -152,9 +149,9 @@ class SOWA(AnomalyMethod):
         seed: int = 2025,
     ) -> None:
         super().__init__()
-        _check_choice("memory_features", memory_features, ("raw", "adapted"))
-        _check_choice("fewshot_image_score", fewshot_image_score, IMAGE_SCORE_MODES)
-        _check_choice("image_loss", image_loss, ("ce_on_probs", "ce"))
+        check_choice("memory_features", memory_features, ("raw", "adapted"))
+        check_choice("fewshot_image_score", fewshot_image_score, IMAGE_SCORE_MODES)
+        check_choice("image_loss", image_loss, ("ce_on_probs", "ce"))
         self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=quick_gelu)
         self.image_size = self.clip.image_size
         self.layers = tuple(layers)
@@ -167,13 +164,11 @@ class SOWA(AnomalyMethod):
         self.train_mask_threshold = train_mask_threshold
         self.mosaic_prob, self.mosaic_datasets, self.mosaic_label_fix = mosaic_prob, tuple(mosaic_datasets), mosaic_label_fix
         self.epochs, self.batch_size, self.lr, self.weight_decay, self.seed = epochs, batch_size, lr, weight_decay, seed
+        options = WindowOptions(num_heads, cpb_hidden, value_only, attn_drop, in_proj_bias, linear_residual)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.adapters = nn.ModuleList(
-                HFWAAdapter(
-                    self.clip.blocks[index].attn, self.clip.grid_size, window, depth, num_heads, cpb_hidden,
-                    value_only, attn_drop, in_proj_bias=in_proj_bias, linear_residual=linear_residual,
-                )
+                HFWAAdapter(self.clip.blocks[index].attn, self.clip.grid_size, window, depth, options)
                 for index in self.layers
             )
             self.prompts = LearnablePrompts(self.clip, prompt_length)
@@ -312,7 +307,3 @@ class SOWA(AnomalyMethod):
         self.train(was_training)
         return {"loss": losses, "mosaic_rate": schedule.mosaic_rate, "samples": len(samples)}
 
-
-def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{option}={value!r}; choose one of {', '.join(choices)}")

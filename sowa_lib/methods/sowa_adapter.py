@@ -9,6 +9,7 @@ post-norm, and a bias-free ``Linear(width, width)`` branch follows the attention
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,23 @@ LOGIT_SCALE_INIT = math.log(10.0)
 LOGIT_SCALE_MAX = math.log(100.0)
 CPB_LOG_BASE = 8.0  # Swin-V2: coordinates scaled to [-8, 8], then log-spaced
 CPB_BIAS_RANGE = 16.0  # Swin-V2: bias = 16 * sigmoid(mlp(coords))
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """What every HFWA block of a SOWA model shares (spec sowa §1.3; ``model/sowa_hfwa.yaml``).
+
+    ``value_only``: cos(v, v) logits (SOWA) or cos(q, k). ``in_proj_bias``: add CLIP's in_proj bias
+    back (fidelity switch; the code leaves it out). ``linear_residual``: the Linear branch is added
+    to its input (code) or replaces it (Fig. 2(b); spec §5.4.4).
+    """
+
+    num_heads: int = 8
+    cpb_hidden: int = 64
+    value_only: bool = True
+    attn_drop: float = 0.1
+    in_proj_bias: bool = False
+    linear_residual: bool = True
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -100,27 +118,18 @@ class FrozenWindowAttention(nn.Module):
     ``in_proj_bias=True`` adds CLIP's in_proj bias back (fidelity switch; the code leaves it out).
     """
 
-    def __init__(
-        self,
-        attn: nn.MultiheadAttention,
-        window: int,
-        num_heads: int = 8,
-        cpb_hidden: int = 64,
-        value_only: bool = True,
-        attn_drop: float = 0.1,
-        in_proj_bias: bool = False,
-    ) -> None:
+    def __init__(self, attn: nn.MultiheadAttention, window: int, options: WindowOptions = WindowOptions()) -> None:
         super().__init__()
         width = attn.embed_dim
-        if width % num_heads:
-            raise ValueError(f"width {width} is not divisible by {num_heads} heads")
+        if width % options.num_heads:
+            raise ValueError(f"width {width} is not divisible by {options.num_heads} heads")
         self.frozen_attn = attn
-        self.num_heads = num_heads
-        self.value_only = value_only
-        self.use_in_proj_bias = in_proj_bias
-        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), LOGIT_SCALE_INIT))
-        self.position_bias = ContinuousPositionBias(window, num_heads, cpb_hidden)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.num_heads = options.num_heads
+        self.value_only = options.value_only
+        self.use_in_proj_bias = options.in_proj_bias
+        self.logit_scale = nn.Parameter(torch.full((options.num_heads, 1, 1), LOGIT_SCALE_INIT))
+        self.position_bias = ContinuousPositionBias(window, options.num_heads, options.cpb_hidden)
+        self.attn_drop = nn.Dropout(options.attn_drop)
 
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``windows``: ``[B * nW, N, C]`` -> ``[B * nW, N, C]``; ``mask``: ``[nW, N, N]`` or None."""
@@ -152,26 +161,14 @@ class FrozenWindowBlock(nn.Module):
     LN(Linear(x1)), without the second residual (fidelity switch, spec §5.4.4).
     """
 
-    def __init__(
-        self,
-        attn: nn.MultiheadAttention,
-        grid: int,
-        window: int,
-        shift: int = 0,
-        num_heads: int = 8,
-        cpb_hidden: int = 64,
-        value_only: bool = True,
-        attn_drop: float = 0.1,
-        in_proj_bias: bool = False,
-        linear_residual: bool = True,
-    ) -> None:
+    def __init__(self, attn: nn.MultiheadAttention, grid: int, window: int, shift: int = 0, options: WindowOptions = WindowOptions()) -> None:
         super().__init__()
         if grid % window:
             raise ValueError(f"window {window} does not divide the {grid}x{grid} token grid")
         width = attn.embed_dim
         self.grid, self.window, self.shift = grid, window, shift
-        self.linear_residual = linear_residual
-        self.attention = FrozenWindowAttention(attn, window, num_heads, cpb_hidden, value_only, attn_drop, in_proj_bias)
+        self.linear_residual = options.linear_residual
+        self.attention = FrozenWindowAttention(attn, window, options)
         self.norm1 = nn.LayerNorm(width)
         self.linear = nn.Linear(width, width, bias=False)
         self.norm2 = nn.LayerNorm(width)
@@ -200,24 +197,12 @@ class HFWAAdapter(nn.Module):
     one global window with no shift. ``depth=1`` (SOWA) has no shifted block.
     """
 
-    def __init__(
-        self,
-        attn: nn.MultiheadAttention,
-        grid: int,
-        window: int = 12,
-        depth: int = 1,
-        num_heads: int = 8,
-        cpb_hidden: int = 64,
-        value_only: bool = True,
-        attn_drop: float = 0.1,
-        in_proj_bias: bool = False,
-        linear_residual: bool = True,
-    ) -> None:
+    def __init__(self, attn: nn.MultiheadAttention, grid: int, window: int = 12, depth: int = 1, options: WindowOptions = WindowOptions()) -> None:
         super().__init__()
         window = min(window, grid)
         shifts = [0 if i % 2 == 0 or window == grid else window // 2 for i in range(depth)]
         self.blocks = nn.ModuleList(
-            FrozenWindowBlock(attn, grid, window, shift, num_heads, cpb_hidden, value_only, attn_drop, in_proj_bias, linear_residual)
+            FrozenWindowBlock(attn, grid, window, shift, options)
             for shift in shifts
         )
 
