@@ -17,7 +17,8 @@ import papermill
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from sowa_lib.profiles import ProfileNotReadyError, get_profile, prepare  # noqa: E402
+from sowa_lib.methods import available  # noqa: E402
+from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile, prepare  # noqa: E402
 
 
 def numbered_notebooks(only: str | None = None) -> list[Path]:
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = get_profile(args.profile, args.data_root, args.results_dir, device)
         prepare(profile)
+        check_weights(profile, available())
     except ProfileNotReadyError as err:
         print(f"reproduce: {err}", file=sys.stderr)
         return 2

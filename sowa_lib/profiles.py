@@ -123,3 +123,22 @@ def prepare(profile: Profile, datasets: list[str] | None = None) -> dict[str, li
     if problems:
         raise ProfileNotReadyError(f"profile {profile.name!r} cannot start; missing or malformed datasets:\n" + "\n".join(problems))
     return found
+
+
+def check_weights(profile: Profile, method_names: list[str]) -> None:
+    """Build each method once with ``profile``'s settings so that missing pretrained weights stop
+    the study before it starts, with every missing file listed in one message. The demo profile
+    uses randomly initialised models and needs no weights."""
+    if profile.name == "demo":
+        return
+    from sowa_lib import methods
+    from sowa_lib.backbones.weights import WeightsNotFoundError
+
+    problems = []
+    for name in method_names:
+        try:
+            methods.build(name, profile=profile.name)
+        except WeightsNotFoundError as err:
+            problems.append(f"- {name}: {err}")
+    if problems:
+        raise ProfileNotReadyError(f"profile {profile.name!r} cannot start; missing pretrained weights:\n" + "\n".join(problems))

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from sowa_lib import metrics, methods
-from sowa_lib.backbones.clip import WeightsNotFoundError
+from sowa_lib.backbones.weights import WeightsNotFoundError
 from sowa_lib.backbones.dino import TINY_DINO, explicit_attention, load_dino
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks

@@ -130,3 +130,29 @@ def test_executors_write_identical_result_files(demo_data, tmp_path, monkeypatch
     assert _results(other) == _results(reference)
     assert len(_results(other)) == 8
     assert all(not math.isnan(v) for r in _results(other).values() for v in r["metrics"].values() if v is not None)
+
+
+def test_paper_profile_refuses_to_start_without_data(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", Path(__file__).parent.parent / "notebooks" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    assert reproduce.main(["--profile", "paper", "--data-root", str(tmp_path / "nothing")]) == 2
+    message = capsys.readouterr().err
+    assert "cannot start" in message and "make data DATASETS=mvtec" in message and str(tmp_path / "nothing" / "mvtec") in message
+
+
+def test_missing_weights_are_listed_before_the_study_starts(monkeypatch, tmp_path):
+    from sowa_lib import methods
+    from sowa_lib.backbones.weights import WeightsNotFoundError
+    from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile
+
+    def missing(name, profile=None, **kw):
+        raise WeightsNotFoundError(f"put {name}.pt in the cache")
+
+    monkeypatch.setattr(methods, "build", missing)
+    paper = get_profile("paper", data_root=tmp_path)
+    with pytest.raises(ProfileNotReadyError, match=r"(?s)winclip: put winclip\.pt.*sowa: put sowa\.pt"):
+        check_weights(paper, ["winclip", "sowa"])
+    check_weights(get_profile("demo", data_root=tmp_path), ["winclip"])  # the demo needs no weights

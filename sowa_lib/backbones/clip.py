@@ -39,7 +39,7 @@ from open_clip.factory import load_checkpoint
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import nn
 
-from sowa_lib.profiles import ProfileNotReadyError
+from sowa_lib.backbones.weights import WeightsNotFoundError
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,6 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 #: Demo-profile settings of the methods that tap ViT-L-14-336's four levels (April-GAN, SOWA): the
 #: tiny model at 112 px (an 8×8 grid) with all four of its blocks tapped.
 DEMO_LAYERED_CLIP: dict[str, Any] = {"backbone": "tiny-clip", "pretrained": None, "image_size": 112, "layers": (0, 1, 2, 3)}
-
-
-class WeightsNotFoundError(ProfileNotReadyError):
-    """Pretrained weights are neither cached nor downloadable; the message says where to put them."""
 
 
 def model_config(name: str) -> dict[str, Any]:

@@ -31,14 +31,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from sowa_lib.backbones.weights import WeightsNotFoundError
 from sowa_lib.data.transforms import NORMALIZATION
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 POOLED = "pooled"
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights are neither on disk nor downloadable; the message says where to put them."""
 
 
 class InputRenormalize(nn.Module):

@@ -29,7 +29,7 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from sowa_lib.backbones.clip import WeightsNotFoundError
+from sowa_lib.backbones.weights import WeightsNotFoundError
 
 #: The AGPNet / ViTAD extractor: DINO ViT-S/16 (agpnet spec §1 [P]).
 DINO_VIT_S16 = "vit_small_patch16_224.dino"
