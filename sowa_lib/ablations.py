@@ -40,6 +40,7 @@ def _sowa(profile: str) -> list[Ablation]:
     knobs += [
         Ablation("sowa", "depth=2", {"depth": 2}, "zero_shot", "knob", note="adds a shifted-window block"),
         Ablation("sowa", "prompt_length=4", {"prompt_length": 4}, "zero_shot", "knob"),
+        Ablation("sowa", "adapter=linear", {"adapter": "linear"}, "zero_shot", "knob", note="a Linear per layer instead of HFWA"),
         Ablation("sowa", "qk_attention", {"value_only": False}, "zero_shot", "knob", note="Q–K attention instead of value-only"),
         Ablation("sowa", "no_smoothing", {"smoothing_sigma": 0.0}, "zero_shot", "knob"),
         Ablation("sowa", "no_text_linear", {"text_linear": False}, "zero_shot", "knob"),

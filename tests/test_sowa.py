@@ -426,3 +426,20 @@ def test_demo_runs_give_finite_maps_and_metrics(demo_root: Path, shots: int) -> 
     metrics = category_metrics(pred.scores.numpy(), labels.numpy(), pred.maps.numpy(), load_masks(test, SIZE).numpy())
     values = [v for k, v in metrics.items() if k != "reasons"]
     assert len(values) == 7 and all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_linear_adapter_replaces_window_attention_with_one_linear_per_layer() -> None:
+    hfwa, linear = _tiny_sowa(), _tiny_sowa(adapter="linear")
+    width = linear.clip.width
+    assert all(isinstance(a, torch.nn.Linear) and a.in_features == width for a in linear.adapters)
+    adapters = {n: p.numel() for n, p in linear.named_parameters() if p.requires_grad and n.startswith("adapters.")}
+    assert sum(adapters.values()) == len(linear.layers) * (width * width + width)
+    images = torch.randn(2, 3, linear.image_size, linear.image_size)
+    with torch.no_grad():
+        out = linear(images)
+        tokens = out.patches[0]
+        expected = linear.project(linear.adapters[0](tokens))
+    assert torch.allclose(out.adapted[0], expected, atol=1e-6)
+    assert [p.shape for p in out.layer_probabilities] == [p.shape for p in hfwa(images).layer_probabilities]
+    with pytest.raises(ValueError, match="adapter"):
+        _tiny_sowa(adapter="conv")

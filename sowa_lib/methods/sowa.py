@@ -95,8 +95,9 @@ class SOWA(AnomalyMethod):
 
     backbone: a built :class:`ClipBackbone` or an open_clip / tiny model name; ``pretrained``: an
         open_clip tag or a local checkpoint (``"openai"`` -> ``ViT-L-14-336px.pt``).
-    layers: 0-based tapped blocks. window, depth, num_heads, cpb_hidden, value_only, attn_drop:
-        HFWA options (§1.3). prompt_length: context vectors per state (§1.4).
+    layers: 0-based tapped blocks. adapter: ``"hfwa"`` (§1.3) or ``"linear"`` — one Linear(width,
+        width) per layer in its place, the HFWA-vs-linear ablation. window, depth, num_heads,
+        cpb_hidden, value_only, attn_drop: HFWA options (§1.3). prompt_length: context vectors per state (§1.4).
     smoothing_sigma: Gaussian σ on the zero-shot map (0 disables; §1.7). temperature: image-score
         softmax temperature (§1.6).
     Training (§2): epochs, batch_size, lr, weight_decay (AdamW), seed, mosaic_prob (2×2 mosaic,
@@ -122,6 +123,7 @@ class SOWA(AnomalyMethod):
         image_size: int = 336,
         quick_gelu: bool = True,
         layers: Sequence[int] = (5, 11, 17, 23),
+        adapter: str = "hfwa",
         window: int = 12,
         depth: int = 1,
         num_heads: int = 8,
@@ -149,6 +151,7 @@ class SOWA(AnomalyMethod):
         seed: int = 2025,
     ) -> None:
         super().__init__()
+        check_choice("adapter", adapter, ("hfwa", "linear"))
         check_choice("memory_features", memory_features, ("raw", "adapted"))
         check_choice("fewshot_image_score", fewshot_image_score, IMAGE_SCORE_MODES)
         check_choice("image_loss", image_loss, ("ce_on_probs", "ce"))
@@ -169,6 +172,7 @@ class SOWA(AnomalyMethod):
             torch.manual_seed(seed)
             self.adapters = nn.ModuleList(
                 HFWAAdapter(self.clip.blocks[index].attn, self.clip.grid_size, window, depth, options)
+                if adapter == "hfwa" else nn.Linear(self.clip.width, self.clip.width)
                 for index in self.layers
             )
             self.prompts = LearnablePrompts(self.clip, prompt_length)
