@@ -239,19 +239,20 @@ def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bo
         train_jobs, eval_jobs = make_jobs(plan, profile, todo, aupro_variant)
         executor.run(train_jobs, f"train {plan.method}/{plan.variant}")
         executor.run(eval_jobs, f"{plan.method}/{plan.variant}/{plan.setting}")
-    frame = runs.load_results(profile.run_dir)
-    keys = {(s.dataset, s.category, s.method, s.variant, s.setting, s.shots, s.seed) for s in specs}
-    mask = [k in keys for k in zip(frame.dataset, frame.category, frame.method, frame.variant, frame.setting, frame.shots, frame.seed)]
-    return frame[mask].reset_index(drop=True)
+    return runs.load_results(profile.run_dir, specs)
+
+
+def references(method: AnomalyMethod, cache: _SampleCache, dataset: str, category: str, shots: int, seed: int) -> list[Sample]:
+    """The K-shot reference samples of one run: the shared draw, or with replacement for methods whose
+    reference implementation samples that way (``reference_replacement``, April-GAN)."""
+    replacement = bool(getattr(method, "reference_replacement", False))
+    return draw_references(cache.samples(dataset, category, "train"), shots, seed, replacement=replacement)
 
 
 def _run_one(method: AnomalyMethod, spec: runs.RunSpec, cache: _SampleCache, profile: Profile, aupro_variant: str, training_log: dict) -> Path:
     size, norm = method.image_size, method.normalization
     test = cache.samples(spec.dataset, spec.category, "test")
-    refs = []
-    if spec.shots:
-        replacement = bool(getattr(method, "reference_replacement", False))
-        refs = draw_references(cache.samples(spec.dataset, spec.category, "train"), spec.shots, spec.seed, replacement=replacement)
+    refs = references(method, cache, spec.dataset, spec.category, spec.shots, spec.seed)
     start = time.perf_counter()
     method.set_references(load_images(refs, size, norm).to(method.device), spec.category)
     pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm), spec.category, profile.batch_size)
@@ -279,7 +280,7 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
     training = training_key(plan, methods.method_class(plan.method).training_data, profile, spec)
     cache = _SampleCache(profile)
     method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
-    refs = draw_references(cache.samples(dataset, category, "train"), shots, seed, replacement=bool(getattr(method, "reference_replacement", False))) if shots else []
+    refs = references(method, cache, dataset, category, shots, seed)
     method.set_references(load_images(refs, method.image_size, method.normalization).to(method.device), category)
     pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization), category, profile.batch_size)
     return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])

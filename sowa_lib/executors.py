@@ -7,12 +7,12 @@ Ray and submitit are optional extras: ``pip install -e '.[ray]'`` / ``'.[slurm]'
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import multiprocessing
+from multiprocessing import connection
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
@@ -65,7 +65,8 @@ def _last_error_line(error: str) -> str:
 
 @dataclass
 class LocalExecutor(Executor):
-    """This machine: sequentially in this process (``jobs=1``), or in ``jobs`` worker processes."""
+    """This machine: sequentially in this process (``jobs=1``), or each job in its own worker
+    process, ``jobs`` at a time — a worker that dies (killed, out of memory) fails only its job."""
 
     jobs: int = 1
 
@@ -77,17 +78,39 @@ class LocalExecutor(Executor):
                 outcomes.append(_guarded(job))
                 bar.update(1)
         else:
-            context = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(self.jobs, mp_context=context) as pool:
-                futures = {pool.submit(_guarded, job): job for job in jobs}
-                for future in cf.as_completed(futures):
-                    try:
-                        outcomes.append(future.result())
-                    except Exception:  # the worker process itself died (killed, out of memory)
-                        outcomes.append(_Outcome(futures[future], traceback.format_exc()))
-                    bar.update(1)
+            for outcome in _in_worker_processes(jobs, self.jobs):
+                outcomes.append(outcome)
+                bar.update(1)
         bar.close()
         return outcomes
+
+
+def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[_Outcome]:
+    """Run each job in a fresh spawned process, ``parallel`` at a time; yield outcomes as they end."""
+    context = multiprocessing.get_context("spawn")
+    pending, running = list(jobs), {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            job = pending.pop(0)
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_report, args=(job, sender), daemon=True)
+            process.start()
+            sender.close()
+            running[process.sentinel] = (process, job, receiver)
+        for sentinel in connection.wait(list(running)):
+            process, job, receiver = running.pop(sentinel)
+            process.join()
+            try:
+                error = receiver.recv()
+            except EOFError:  # the worker died before it could report
+                error = f"WorkerDied: worker process exited with code {process.exitcode}"
+            receiver.close()
+            yield _Outcome(job, error)
+
+
+def _report(job: Any, sender: connection.Connection) -> None:
+    sender.send(_guarded(job).error)
+    sender.close()
 
 
 def _guarded(job: Any) -> _Outcome:

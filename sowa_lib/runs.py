@@ -135,13 +135,16 @@ RESULT_COLUMNS = [
 ]
 
 
-def load_results(results_dir: Path) -> pd.DataFrame:
-    """All runs under ``results_dir`` as one long frame, one row per (run, metric).
-
-    ``value`` is a fraction in [0, 1] (NaN with ``reason`` where undefined).
+def load_results(results_dir: Path, specs: Iterable[RunSpec] | None = None) -> pd.DataFrame:
+    """All runs under ``results_dir`` (or only those of ``specs`` that exist) as one long frame,
+    one row per (run, metric). ``value`` is a fraction in [0, 1] (NaN with ``reason`` where undefined).
     """
+    if specs is None:
+        found = iter_runs(results_dir)
+    else:
+        found = (read_run(path) for path in (run_path(results_dir, s) for s in specs) if path.is_file())
     rows = []
-    for run in iter_runs(results_dir):
+    for run in found:
         prov = run.get("provenance", {})
         reasons = run.get("reasons", {})
         for metric, value in run["metrics"].items():

@@ -85,7 +85,7 @@ def test_persistent_failure_is_reported_after_the_rest_completes(demo_study):
 
 def test_killed_worker_leaves_no_partial_file_and_rerun_completes(demo_study):
     killer = _plan(method="toy_method:KilledMidway", overrides={"kill_on": "grass"}, variant="killed")
-    with pytest.raises(SweepError):
+    with pytest.raises(SweepError, match=r"demo_a/grass.*WorkerDied: worker process exited with code 9"):
         run_plan(killer, demo_study, executor=LocalExecutor(jobs=2, retries=0, progress=False), progress=False)
     run_dir = demo_study.run_dir / "runs"
     assert not [p for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".json"]
