@@ -13,8 +13,10 @@ window sizes and layer indices are given per profile.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from sowa_lib.profiles import dataset_for_role
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,20 @@ def _agpnet(profile: str) -> list[Ablation]:
     return runs
 
 
-ROLES = {"demo": {"mvtec": "demo_a", "visa": "demo_b"}, "paper": {"mvtec": "mvtec", "visa": "visa"}}
-
+#: How a paper's ablation claims map onto runs: the setting its ablations were run in, and the claim
+#: variants that *are* the method's default configuration (so its default runs answer them).
+#: AGPNet §4.5: "on MVTec-AD under the multi-class setting"; Tables 5–8 each include the full model.
+CLAIM_RUNS: dict[str, dict[str, Any]] = {
+    "agpnet": {
+        "setting": "multi_class",
+        "default_variants": ("img_noise=attention,feat_noise=attention", "backbone=dino_vit_s", "noise_intensity=0-1.0",
+                             "attention_map=B", "multi_layer=all", "mean_teacher=with"),
+    },
+}
 
 def ablation_dataset(ablation: Ablation, profile: str, default: str) -> str:
     """The dataset an ablation runs on: its role's dataset in ``profile``, else ``default``."""
-    return ROLES[profile][ablation.dataset_role] if ablation.dataset_role else default
+    return dataset_for_role(profile, ablation.dataset_role) if ablation.dataset_role else default
 
 
 def ablations(profile: str) -> list[Ablation]:

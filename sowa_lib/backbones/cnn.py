@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from sowa_lib.backbones.weights import WeightsNotFoundError
+from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
 from sowa_lib.data.transforms import NORMALIZATION
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -118,13 +118,14 @@ def _load_state_dict(url: str, checkpoint: str | Path | None, what: str) -> dict
     """
     if checkpoint is not None:
         return _read_checkpoint(checkpoint, what)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    folder = weights_cache("torch") or Path(torch.hub.get_dir()) / "checkpoints"
+    cached = folder / Path(url).name
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+        return torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu", progress=False, weights_only=True)
     except (URLError, OSError) as err:
         raise WeightsNotFoundError(
             f"{what}: cannot download {url} ({err}). Download it elsewhere and put it at {cached} "
-            f"(torch hub cache; $TORCH_HOME moves it), or pass checkpoint='/path/to/{Path(url).name}'."
+            f"(the torch hub cache, or $WEIGHTS_DIR/torch when WEIGHTS_DIR is set), or pass checkpoint='/path/to/{Path(url).name}'."
         ) from err
 
 

@@ -29,7 +29,7 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from sowa_lib.backbones.weights import WeightsNotFoundError
+from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
 
 #: The AGPNet / ViTAD extractor: DINO ViT-S/16 (agpnet spec §1 [P]).
 DINO_VIT_S16 = "vit_small_patch16_224.dino"
@@ -134,6 +134,8 @@ class DinoBackbone(nn.Module):
 
 
 def _create(name: str, image_size: int, **kwargs) -> VisionTransformer:
+    if kwargs.get("pretrained") and weights_cache("timm"):
+        kwargs["cache_dir"] = weights_cache("timm")
     if name == TINY_DINO:
         return timm.create_model("vit_small_patch16_224", img_size=image_size, num_classes=0, **_TINY_ARGS, **kwargs)
     return timm.create_model(name, img_size=image_size, num_classes=0, **kwargs)
