@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
 
 from sowa_lib.data.sample import Sample  # noqa: E402
+from sowa_lib.tables import category_means  # noqa: E402
 
 PROFILE_NOTE = {"demo": "demo profile: generated benchmark, tiny random models — not paper numbers", "paper": "paper profile"}
 
@@ -59,18 +60,12 @@ def sample_grid(samples_by_category: dict[str, Sequence[Sample]], per_category: 
 CURVE_METRICS = {"image_auroc": "AC AUROC", "image_ap": "AC AP", "pixel_auroc": "AS AUROC", "aupro": "AS PRO"}
 
 
-def _category_means(results: "pd.DataFrame") -> "pd.DataFrame":
-    """Per (method, variant, setting, dataset, shots, seed, metric): the mean over categories, in %."""
-    keys = ["method", "variant", "setting", "dataset", "shots", "seed", "metric"]
-    return results.groupby(keys, as_index=False)["value"].mean().assign(value=lambda f: f["value"] * 100)
-
-
 def fewshot_curves(results: "pd.DataFrame", methods: Sequence[str], datasets: Sequence[str], profile: str) -> plt.Figure:
     """SOWA's fig5 layout: rows AC AUROC, AC AP, AS AUROC, AS PRO; one column per dataset;
     x = K (0 = zero-shot, categorical), mean ± std over seeds of the category means (sowa spec §4.3)."""
     import seaborn as sns
 
-    frame = _category_means(results[results["variant"] == "default"])
+    frame = category_means(results[results["variant"] == "default"])
     frame = frame[frame["method"].isin(methods) & frame["dataset"].isin(datasets) & frame["metric"].isin(CURVE_METRICS)]
     frame = frame.assign(K=frame["shots"].astype(str))
     order = [str(k) for k in sorted(frame["shots"].unique())]
@@ -167,7 +162,7 @@ def variant_bars(results: "pd.DataFrame", method: str, metrics: Sequence[str], p
     """One bar per variant of ``method`` (category means, mean over seeds), one panel per metric."""
     import seaborn as sns
 
-    frame = _category_means(results[results["method"] == method])
+    frame = category_means(results[results["method"] == method])
     frame = frame[frame["metric"].isin(metrics)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.35 * frame["variant"].nunique() + 1.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics):

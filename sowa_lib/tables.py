@@ -365,15 +365,21 @@ __all__ = [
 OVERVIEW_KEYS = ["method", "variant", "setting", "dataset", "shots"]
 
 
+def category_means(results_df: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, variant, setting, dataset, K, seed, metric) the unweighted mean over categories,
+    in percent for quality metrics (NaN when any category is undefined), for one profile's results."""
+    profiles = results_df["profile"].unique()
+    if len(profiles) != 1:
+        raise ValueError(f"want the results of one profile, got {list(profiles)}")
+    seeds = _seed_level(results_df, profiles[0])
+    return seeds[seeds["category"] == "mean"].reset_index(drop=True)
+
+
 def overview(results_df: pd.DataFrame) -> pd.DataFrame:
     """This study's own results at a glance: one row per (method, variant, setting, dataset, K),
     the seven quality metrics in percent as ``mean ± std`` over seeds of the category means
     (std with ddof = 1, shown when there are several seeds; NaN means undefined, see the store)."""
-    profiles = results_df["profile"].unique()
-    if len(profiles) != 1:
-        raise ValueError(f"overview wants the results of one profile, got {list(profiles)}")
-    seeds = _seed_level(results_df, profiles[0])
-    stats = _over_seeds(seeds[seeds["category"] == "mean"], OVERVIEW_KEYS + ["metric"])
+    stats = _over_seeds(category_means(results_df), OVERVIEW_KEYS + ["metric"])
     text = [f"{m:.1f}" if n < 2 or pd.isna(s) else f"{m:.1f} ± {s:.1f}"
             for m, s, n in zip(stats["reproduced"], stats["reproduced_std"], stats["n_seeds"])]
     table = stats.assign(cell=text).pivot(index=OVERVIEW_KEYS, columns="metric", values="cell")
@@ -384,11 +390,8 @@ def variant_effects(results_df: pd.DataFrame, metrics: Sequence[str] = ("image_a
     """Each non-default variant beside the default of the same (method, setting, dataset, K): the
     category mean averaged over seeds, in percent, and the difference ``Δ = variant − default``.
     Variants whose default was not run are left out."""
-    profiles = results_df["profile"].unique()
-    if len(profiles) != 1:
-        raise ValueError(f"variant_effects wants the results of one profile, got {list(profiles)}")
-    seeds = _seed_level(results_df, profiles[0])
-    stats = _over_seeds(seeds[(seeds["category"] == "mean") & seeds["metric"].isin(metrics)], OVERVIEW_KEYS + ["metric"])
+    means = category_means(results_df)
+    stats = _over_seeds(means[means["metric"].isin(metrics)], OVERVIEW_KEYS + ["metric"])
     keys = ["method", "setting", "dataset", "shots", "metric"]
     default = stats[stats["variant"] == "default"][keys + ["reproduced"]].rename(columns={"reproduced": "default"})
     joined = stats[stats["variant"] != "default"].merge(default, on=keys)

@@ -156,3 +156,30 @@ def test_build_all_writes_every_table_in_its_layout(tmp_path) -> None:
         assert sum(not c.startswith("–") for c in cells) == len(mine), table_id
     summary = pd.read_csv(tmp_path / "summary.csv", comment="#")
     assert summary["not_run"].tolist() == summary["claims"].tolist()
+
+
+def _own_results() -> pd.DataFrame:
+    """Two categories x two seeds of a default and a variant run (image AUROC only)."""
+    values = {("default", 0): (0.70, 0.90), ("default", 1): (0.80, 0.90), ("window=8", 0): (0.60, 0.80), ("window=8", 1): (0.70, 0.80)}
+    return _store([{"dataset": "demo_a", "category": category, "method": "sowa", "variant": variant, "setting": "few_shot",
+                    "shots": 4, "seed": seed, "metric": "image_auroc", "value": value, "profile": "demo"}
+                   for (variant, seed), pair in values.items() for category, value in zip(("brick", "grass"), pair)])
+
+
+def test_overview_is_mean_and_sample_std_over_seeds_of_category_means() -> None:
+    table = tables.overview(_own_results())
+    # default: seed means 80.0 and 85.0 -> 82.5 ± 3.5 (ddof = 1: |85 - 80| / sqrt 2)
+    assert table.loc[("sowa", "default", "few_shot", "demo_a", 4), "image_auroc"] == "82.5 ± 3.5"
+    assert table.loc[("sowa", "window=8", "few_shot", "demo_a", 4), "image_auroc"] == "72.5 ± 3.5"
+
+
+def test_variant_effects_are_differences_to_the_default() -> None:
+    effects = tables.variant_effects(_own_results(), metrics=("image_auroc",))
+    assert list(effects.index) == [("sowa", "window=8", "few_shot", "demo_a", 4)]
+    assert effects.iloc[0]["image_auroc"] == -10.0
+
+
+def test_own_tables_refuse_mixed_profiles() -> None:
+    mixed = pd.concat([_own_results(), _own_results().assign(profile="paper")])
+    with pytest.raises(ValueError, match="one profile"):
+        tables.overview(mixed)
