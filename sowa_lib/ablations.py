@@ -60,8 +60,12 @@ def _sowa(profile: str) -> list[Ablation]:
     return knobs + switches
 
 
-def _april_gan() -> list[Ablation]:
-    return [
+def _april_gan(profile: str) -> list[Ablation]:
+    gpu_only = [] if profile == "demo" else [
+        Ablation("april_gan", "precision=fp32", {"precision": "fp32"}, "zero_shot", "switch",
+                 note="the reference runs CUDA fp16 autocast; no effect on a CPU"),
+    ]
+    return gpu_only + [
         Ablation("april_gan", "activation=quick_gelu", {"activation": "quick_gelu"}, "zero_shot", "switch",
                  note="the activation the OpenAI weights were trained with; the official 518-px path runs exact GELU"),
         Ablation("april_gan", "image_score=raw", {"image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
@@ -124,4 +128,4 @@ def ablation_dataset(ablation: Ablation, profile: str, default: str) -> str:
 
 def ablations(profile: str) -> list[Ablation]:
     """All ablations of ``profile`` ("demo" or "paper")."""
-    return _sowa(profile) + _april_gan() + _winclip() + _baselines() + _agpnet(profile)
+    return _sowa(profile) + _april_gan(profile) + _winclip() + _baselines() + _agpnet(profile)

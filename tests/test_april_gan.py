@@ -140,3 +140,14 @@ def test_training_batches_are_seeded_per_epoch(auxiliary):
     assert torch.equal(batches[0].images, batches[1].images) and torch.equal(batches[0].masks, batches[1].masks)
     assert set(batches[0].masks.unique().tolist()) <= {0.0, 1.0}
     assert TrainingSchedule(epochs=3).batch_size == 8
+
+
+def test_precision_switch_is_the_references_cuda_only_autocast() -> None:
+    images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    autocast, fp32 = (tiny_april_gan(precision=p).eval() for p in ("fp16_autocast", "fp32"))
+    assert autocast.precision == "fp16_autocast"  # the reference's default
+    # torch.cuda.amp.autocast does nothing on CPU, in the reference as here: identical results
+    first, second = autocast.predict(images, "bottle"), fp32.predict(images, "bottle")
+    assert torch.equal(first.maps, second.maps) and torch.equal(first.scores, second.scores)
+    with pytest.raises(ValueError, match="precision"):
+        tiny_april_gan(precision="fp8")

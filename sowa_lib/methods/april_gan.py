@@ -50,6 +50,7 @@ TEMPERATURE = 0.01
 #: MVTec AD, 15 epochs without mosaic when training on VisA.
 SCHEDULE_BY_AUXILIARY: dict[str, tuple[int, float]] = {"mvtec": (3, 0.2), "visa": (15, 0.0)}
 ACTIVATIONS = ("gelu", "quick_gelu")
+PRECISIONS = ("fp16_autocast", "fp32")
 
 
 class AprilGAN(AnomalyMethod):
@@ -79,11 +80,15 @@ class AprilGAN(AnomalyMethod):
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
         seed: int = 111,
+        precision: str = "fp16_autocast",
     ) -> None:
         """``layers`` are 0-based block indices (the default is the paper's 6/12/18/24).
         ``epochs``/``mosaic_rate`` of ``None`` follow :data:`SCHEDULE_BY_AUXILIARY` for the dataset
-        that :meth:`fit` receives."""
+        that :meth:`fit` receives. ``precision="fp16_autocast"`` runs every forward under CUDA fp16
+        autocast as the reference does (§1.1; a no-op on CPU, as there); ``"fp32"`` never does."""
         super().__init__()
+        check_choice("precision", precision, PRECISIONS)
+        self.precision = precision
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("image_score", image_score, IMAGE_SCORE_MODES)
         self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=activation == "quick_gelu")
@@ -99,11 +104,16 @@ class AprilGAN(AnomalyMethod):
         self.memory = MemoryBank(metric="cosine")
         self._text_features: dict[str, torch.Tensor] = {}
 
+    def autocast(self) -> torch.autocast:
+        """The reference's ``torch.cuda.amp.autocast()``: fp16 matmuls on CUDA, nothing elsewhere."""
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16_autocast" and self.device.type == "cuda")
+
     # ------------------------------------------------------------------ text
     def text_features(self, category: str) -> torch.Tensor:
         """``[2, D]`` prompt-ensemble features (normal, abnormal) of ``category``, cached (§1.4)."""
         if category not in self._text_features:
-            self._text_features[category] = class_text_features(self.clip.encode_text, APRIL_GAN, category)
+            with self.autocast():  # the reference encodes prompts under autocast too (§1.4)
+                self._text_features[category] = class_text_features(self.clip.encode_text, APRIL_GAN, category).float()
         return self._text_features[category].to(self.device)
 
     # ------------------------------------------------------------------ zero-shot maps
@@ -121,10 +131,12 @@ class AprilGAN(AnomalyMethod):
 
     def training_loss(self, batch: TrainingBatch) -> torch.Tensor:
         """Σ over layers of focal(γ=2) + Dice on the abnormal channel (§1.7); backbone frozen."""
-        with torch.no_grad():
-            _, taps = self.clip.encode_image(batch.images, self.layers)
-        text = torch.stack([self.text_features(c) for c in batch.categories])
-        return sum(focal_loss(p, batch.masks) + dice_loss(p[:, 1], batch.masks) for p in self.layer_probabilities(taps, text))
+        with self.autocast():
+            with torch.no_grad():
+                _, taps = self.clip.encode_image(batch.images, self.layers)
+            text = torch.stack([self.text_features(c) for c in batch.categories])
+            probabilities = [p.float() for p in self.layer_probabilities(taps, text)]
+        return sum(focal_loss(p, batch.masks) + dice_loss(p[:, 1], batch.masks) for p in probabilities)
 
     # ------------------------------------------------------------------ training
     def schedule(self, samples: Sequence[Sample]) -> TrainingSchedule:
@@ -171,16 +183,19 @@ class AprilGAN(AnomalyMethod):
         if len(images) == 0:
             self.memory.clear()
             return
-        _, taps = self.clip.encode_image(images.to(self.device), self.layers)
-        self.memory.set([t[:, 1:] for t in taps])
+        with self.autocast():
+            _, taps = self.clip.encode_image(images.to(self.device), self.layers)
+        self.memory.set([t[:, 1:].float() for t in taps])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
         """One encoder pass per image: zero-shot maps, image probability and (K > 0) memory distances."""
         text = self.text_features(category)
-        cls_embedding, taps = self.clip.encode_image(images, self.layers)
-        maps = sum(p[:, 1] for p in self.layer_probabilities(taps, text))
-        scores = class_scores(cls_embedding, text, TEMPERATURE)[:, 1]
+        with self.autocast():
+            cls_embedding, taps = self.clip.encode_image(images, self.layers)
+            maps = sum(p[:, 1].float() for p in self.layer_probabilities(taps, text))
+        taps = [t.float() for t in taps]
+        scores = class_scores(cls_embedding.float(), text, TEMPERATURE)[:, 1]
         extras: dict[str, torch.Tensor] = {}
         if len(self.memory):
             maps = maps + memory_distance_map(self.memory, [t[:, 1:] for t in taps], self.image_size)
