@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
 from sowa_lib.methods.base import AnomalyMethod, Prediction
 from sowa_lib.profiles import Profile
+from sowa_lib.training import atomic_torch_save
 
 
 @dataclass(frozen=True)
@@ -50,19 +49,6 @@ class Plan:
             raise ValueError("zero_shot runs use shots=(0,)")
         if self.variant == "default" and self.overrides:
             raise ValueError("give a variant name to runs with overrides")
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename (never a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def expand(plan: Plan, profile: Profile, categories: dict[str, list[str]]) -> list[runs.RunSpec]:

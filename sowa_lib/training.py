@@ -10,7 +10,9 @@ epoch checkpoint continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -137,6 +139,19 @@ def train_segmentation(
     return losses
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename (never a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class EpochCheckpoints:
     """One file per finished epoch (``epoch_003.pt``: trainable state, optimizer state, step losses);
     :meth:`latest` gives what a resumed run starts from."""
@@ -149,9 +164,7 @@ class EpochCheckpoints:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"epoch": epoch, "state": state, "optimizer": optimizer.state_dict(), "losses": list(losses)}
-        tmp = self.directory / f".epoch_{epoch:03d}.pt.tmp"
-        torch.save(payload, tmp)
-        tmp.replace(self.directory / f"epoch_{epoch:03d}.pt")
+        atomic_torch_save(payload, self.directory / f"epoch_{epoch:03d}.pt")
 
     def latest(self) -> dict[str, Any] | None:
         if self.directory is None or not self.directory.is_dir():

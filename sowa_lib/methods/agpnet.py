@@ -37,6 +37,7 @@ from sowa_lib.backbones.dino import DINO_IMAGE_SIZE, DINO_VIT_S16, TINY_DINO, Di
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images
 from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
+from sowa_lib.training import atomic_torch_save
 
 SETTINGS = ("multi_class", "one_class", "few_shot")
 NOISE_TYPES = ("attention", "random", "none")
@@ -572,8 +573,6 @@ class AGPNet(AnomalyMethod):
         return {"loss": state["loss"], "epochs": epochs, "steps": state["step"], "images": len(images)}
 
     def _save(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict, n_images: int, epochs: int) -> None:
-        from sowa_lib.evaluate import atomic_torch_save
-
         atomic_torch_save({
             "model": self.trainable_state_dict(), "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "n_images": n_images, "epochs": epochs, **state,
