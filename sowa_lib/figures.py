@@ -6,7 +6,7 @@ matplotlib Figure; :func:`save` writes it. Demo figures carry the profile in the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
@@ -17,6 +17,10 @@ from skimage.segmentation import find_boundaries  # noqa: E402
 
 from sowa_lib.data.sample import Sample  # noqa: E402
 from sowa_lib.tables import category_means  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
 PROFILE_NOTE = {"demo": "demo profile: generated benchmark, tiny random models — not paper numbers", "paper": "paper profile"}
 

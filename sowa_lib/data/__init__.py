@@ -8,8 +8,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from sowa_lib.data.sample import CorruptImageError, Sample
+
+if TYPE_CHECKING:
+    import pandas
 
 DATASETS: dict[str, str] = {
     "mvtec": "sowa_lib.data.mvtec",
