@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[dev,ray,slurm]'
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 ## Run every numbered notebook with papermill (demo profile unless PROFILE=paper DATA_ROOT=...).

@@ -94,8 +94,11 @@ def _scores(x: np.ndarray | torch.Tensor, ndim: int, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be a non-empty {ndim}-d array, got shape {a.shape}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise ValueError(f"{what} must be real numbers, got dtype {a.dtype}")
-    if np.isnan(a).any():
-        raise ValueError(f"{what} contain NaN")
+    finite = np.isfinite(a)
+    if not finite.all():  # NaN has no rank; ±inf breaks the loop AUPRO's min-max threshold grid (§3.3)
+        n_nan = int(np.isnan(a).sum())
+        raise ValueError(f"{what} contain non-finite values ({n_nan} NaN, {a.size - int(finite.sum()) - n_nan} ±inf); "
+                         "fix the scorer or replace them (e.g. np.nan_to_num) before computing metrics")
     return a
 
 

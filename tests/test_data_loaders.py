@@ -59,11 +59,32 @@ def test_mvtec_pairs_by_name_not_by_sorted_order(tmp_path):
         mvtec.load(root, "bottle", "test")
 
 
-def test_defect_without_ground_truth_folder_gets_all_zero_masks(tmp_path):
+def test_mvtec_combined_defect_without_ground_truth_folder_gets_all_zero_masks(tmp_path):
+    # spec §2.2: MVTec AD's "combined" defect may ship without masks; it is the one exemption.
     root = mvtec_tree(tmp_path / "mvtec", test={"good": 1, "combined": 2}, unmasked=("combined",))
     combined = [s for s in mvtec.load(root, "bottle", "test") if s.defect == "combined"]
     assert [(s.label, s.mask_path) for s in combined] == [(1, None), (1, None)]
     assert not combined[0].read_mask().any()
+
+
+@pytest.mark.parametrize("name, defect", [("mvtec", "crack"), ("dtd_synthetic", "combined")])
+def test_anomalies_without_ground_truth_folder_are_a_layout_error(tmp_path, name, defect):
+    root = mvtec_tree(tmp_path / name, test={"good": 1, defect: 2}, unmasked=(defect,))
+    with pytest.raises(DatasetLayoutError) as info:
+        data.load(name, root, "bottle")
+    message = str(info.value)
+    assert f"test/{defect}/ have no ground_truth/{defect}/ folder" in message
+    assert str(root / "bottle" / "ground_truth" / defect) in message and "expected layout:" in message
+    assert f"make data DATASETS={name} DATA_ROOT={tmp_path}" in message
+    assert len(data.load(name, root, "bottle", "train")) == 3  # the train split needs no masks
+
+
+def test_btad_ko_without_ground_truth_folder_is_a_layout_error(tmp_path):
+    root = btad_tree(tmp_path / "btad")
+    (root / "02/ground_truth/ko").rename(root / "02/ground_truth/ko_old")
+    with pytest.raises(DatasetLayoutError, match="no ground_truth/ko/ folder"):
+        btad.load(root, "02", "test")
+    assert len(btad.load(root, "01", "test")) == 3
 
 
 def test_hidden_and_non_image_files_are_ignored(tmp_path):
@@ -74,12 +95,39 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path):
     assert len(mvtec.load(root, "bottle", "train")) == 2
 
 
-def test_unknown_category_names_the_available_ones(tmp_path):
+def test_unknown_category_names_the_available_ones_the_layout_and_the_fix(tmp_path):
     root = mvtec_tree(tmp_path / "mvtec")
-    with pytest.raises(UnknownCategoryError, match="available: bottle"):
+    with pytest.raises(UnknownCategoryError) as info:
         mvtec.load(root, "carpet", "test")
+    assert str(info.value) == (f"mvtec: unknown category 'carpet'; available: bottle\n  looked at: {root}\n"
+                               f"  expected layout: {mvtec.MVTEC_LAYOUT}\n"
+                               f"  fix: make data DATASETS=mvtec DATA_ROOT={tmp_path}")
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(UnknownCategoryError, match=r"available: Class1(.|\n)*expected layout: <root>/Class<N>"):
+        dagm.load(dagm_tree(tmp_path / "dagm", classes=(1,)), "Class7", "test")
     with pytest.raises(ValueError, match="unknown split"):
         mvtec.load(root, "bottle", "val")
+
+
+def test_fix_command_for_a_root_not_named_after_the_dataset(tmp_path):
+    # make data writes DATA_ROOT/mvtec; it cannot fill a folder called MVTec_AD, so it says where to load from.
+    with pytest.raises(DatasetNotFoundError) as info:
+        mvtec.categories(tmp_path / "MVTec_AD")
+    fix = f"fix: make data DATASETS=mvtec DATA_ROOT={tmp_path}, then load from {tmp_path / 'mvtec'}"
+    assert str(info.value).endswith(fix)
+
+
+def test_file_removed_after_loading_is_a_not_found_error_naming_it(tmp_path):
+    root = mvtec_tree(tmp_path / "mvtec")
+    samples = mvtec.load(root, "bottle", "test")
+    good = next(s for s in samples if s.mask_path is None)
+    for path in (samples[0].path, good.path, samples[1].mask_path):
+        path.unlink()
+    for read in (samples[0].read_image, good.read_mask, samples[1].read_mask):  # read_mask of a good image opens it
+        with pytest.raises(DatasetNotFoundError) as info:
+            read()
+        assert "file not found" in str(info.value) and "cannot decode" not in str(info.value)
+    assert f"looked at: {samples[1].mask_path}" in str(info.value) and f"DATA_ROOT={tmp_path}" in str(info.value)
 
 
 def test_corrupt_image_raises_naming_the_file(tmp_path):
@@ -193,8 +241,8 @@ def test_mvtec3d_rgb_and_gt_with_optional_validation(tmp_path):
     assert mvtec3d.categories(root) == ["bagel"]
     assert _summary(mvtec3d.load(root, "bagel", "train")) == [
         (f"bagel/train/good/rgb/{i:03d}.png", 0, "good", None) for i in range(2)]
-    with_validation = mvtec3d.load(root, "bagel", "train", include_validation=True)
-    assert [(s.relpath, s.split) for s in with_validation[2:]] == [("bagel/validation/good/rgb/000.png", "validation")]
+    validation = mvtec3d.load(root, "bagel", "validation")
+    assert _summary(validation) == [("bagel/validation/good/rgb/000.png", 0, "good", None)]
     test = mvtec3d.load(root, "bagel", "test")
     assert _summary(test) == [
         ("bagel/test/crack/rgb/000.png", 1, "crack", "bagel/test/crack/gt/000.png"),
@@ -202,8 +250,19 @@ def test_mvtec3d_rgb_and_gt_with_optional_validation(tmp_path):
         ("bagel/test/good/rgb/000.png", 0, "good", None),
     ]
     assert np.array_equal(test[1].read_mask(), CORNER)
-    with pytest.raises(ValueError, match="include_validation"):
-        mvtec3d.load(root, "bagel", "test", include_validation=True)
+
+
+def test_mvtec3d_train_plus_validation_through_the_entry_point(tmp_path):
+    # ADer trains on train + validation (spec §2.2); the samples keep the split they come from.
+    root = mvtec3d_tree(mvtec3d_tree(tmp_path / "mvtec3d", "bagel"), "tire")
+    ader_train = data.load("mvtec3d", root, "bagel", "train+validation")
+    assert [(s.relpath, s.split) for s in ader_train] == [
+        ("bagel/train/good/rgb/000.png", "train"), ("bagel/train/good/rgb/001.png", "train"),
+        ("bagel/validation/good/rgb/000.png", "validation")]
+    every = data.load("mvtec3d", root, split="train+validation")
+    assert every == ader_train + data.load("mvtec3d", root, "tire", "train+validation") and len(every) == 6
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        data.load("mvtec", mvtec_tree(tmp_path / "mvtec"), "bottle", "train+validation")
 
 
 def test_mvtec3d_missing_rgb_or_gt_is_a_layout_error(tmp_path):

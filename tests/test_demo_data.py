@@ -14,7 +14,7 @@ from PIL import Image
 
 from sowa_lib import data
 from sowa_lib.data import demo
-from sowa_lib.data.errors import DatasetNotFoundError
+from sowa_lib.data.errors import DatasetLayoutError, DatasetNotFoundError
 
 DEFAULTS = {"n_train": 8, "n_test_good": 6, "n_test_bad": 6}
 SMALL = {"image_size": 48, "n_train": 2, "n_test_good": 1, "n_test_bad": 2}
@@ -153,3 +153,13 @@ def test_matching_manifest_is_reused_and_anything_else_regenerated(tmp_path):
 def test_missing_root_says_how_to_generate(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"demo\.generate\(.*make data DATASETS=demo"):
         data.load("demo", tmp_path / "demo_a", "brick")
+    with pytest.raises(DatasetNotFoundError, match=f"fix: make data DATASETS=demo DATA_ROOT={tmp_path}$"):
+        data.load("demo", tmp_path / "demo" / "demo_a", "brick")  # make data writes DATA_ROOT/demo/demo_a
+
+
+def test_the_demo_parent_folder_names_its_groups(tmp_path):
+    for group in ("demo_a", "demo_b"):
+        (tmp_path / "demo" / group).mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match=f"load one of its groups: {tmp_path / 'demo' / 'demo_a'} or "
+                                                 f"{tmp_path / 'demo' / 'demo_b'}"):
+        data.categories("demo", tmp_path / "demo")

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from fabricate import dagm_tree, mvtec3d_tree, mvtec_tree, visa_tree
+import sowa_lib.data as data
 from sowa_lib.data import dagm, mvtec, mvtec3d, visa
 from sowa_lib.data.errors import DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
 from sowa_lib.data.meta_json import load_meta_json, meta_json_categories, write_meta_json
@@ -58,6 +59,29 @@ def test_ader_validation_key(tmp_path):
     assert load_meta_json(root / "meta.json", root, "test", dataset="mvtec3d") == splits["test"]
 
 
+def test_entry_point_reads_a_meta_json_prepared_for_the_reference_repos(tmp_path):
+    root = mvtec_tree(mvtec_tree(tmp_path / "mvtec", "cable", train=1, test={"good": 1, "bent": 1}), "bottle")
+    splits = {split: data.load("mvtec", root, split=split) for split in ("train", "test")}
+    write_meta_json(splits, root / "meta.json")
+    (root / "cable" / "test").rename(root / "cable" / "not_the_official_layout")  # only meta.json is read now
+    meta = root / "meta.json"
+    assert data.categories("mvtec", root, meta_json=meta) == ["bottle", "cable"]
+    assert data.load("mvtec", root, meta_json=meta, split="train") == splits["train"]
+    assert data.load("mvtec", root, "bottle", meta_json=meta) == [s for s in splits["test"] if s.category == "bottle"]
+    assert data.load("mvtec", root, "bottle", "train+test", meta_json=meta) == \
+        [s for split in ("train", "test") for s in splits[split] if s.category == "bottle"]
+    # a dataset outside the six benchmarks: the name only labels the samples
+    assert {s.dataset for s in data.load("mpdd", root, "bottle", meta_json=str(meta))} == {"mpdd"}
+
+
+def test_entry_point_reads_ader_train_plus_validation_from_meta_json(tmp_path):
+    root = mvtec3d_tree(tmp_path / "mvtec3d")
+    splits = {split: mvtec3d.load(root, "bagel", split) for split in ("train", "validation", "test")}
+    write_meta_json(splits, root / "meta.json")
+    assert data.load("mvtec3d", root, split="train+validation", meta_json=root / "meta.json") == \
+        data.load("mvtec3d", root, split="train+validation") == splits["train"] + splits["validation"]
+
+
 def test_errors_name_the_problem(tmp_path):
     root = mvtec_tree(tmp_path / "mvtec")
     meta_path = root / "meta.json"
@@ -66,7 +90,7 @@ def test_errors_name_the_problem(tmp_path):
     write_meta_json({"test": mvtec.load(root, "bottle", "test")}, meta_path)
     with pytest.raises(DatasetLayoutError, match="no 'train' split; it has: test"):
         load_meta_json(meta_path, root, "train", dataset="mvtec")
-    with pytest.raises(UnknownCategoryError, match="available: bottle"):
+    with pytest.raises(UnknownCategoryError, match=f"available: bottle\n  looked at: {meta_path}\n  expected layout: "):
         load_meta_json(meta_path, root, "test", "cable", dataset="mvtec")
     with pytest.raises(DatasetNotFoundError, match="names a file that does not exist"):
         load_meta_json(meta_path, tmp_path / "elsewhere", "test", dataset="mvtec")

@@ -373,3 +373,23 @@ def test_invalid_inputs_are_rejected() -> None:
         pixel_metrics(np.full_like(maps, np.nan), masks)
     with pytest.raises(ValueError, match="shape"):
         pixel_metrics(maps, masks[:1])
+
+
+@pytest.mark.parametrize("variant", AUPRO_VARIANTS)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_infinite_scores_are_rejected_with_a_clear_message(variant: str, bad: float) -> None:
+    # +-inf would break the loop variants' min-max threshold grid (a bare numpy ValueError before).
+    maps, masks = blob_maps(2, 8, seed=13)
+    maps[0, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"anomaly maps contain non-finite values \(0 NaN, 1 ±inf\)"):
+        pixel_metrics(maps, masks, variant)
+    scores = np.array([0.1, bad, 0.3, np.nan])
+    with pytest.raises(ValueError, match=r"image scores contain non-finite values \(1 NaN, 1 ±inf\)"):
+        image_metrics(scores, np.array([0, 1, 0, 1]))
+
+
+def test_large_finite_scores_are_accepted() -> None:
+    maps, masks = blob_maps(2, 8, seed=13)
+    huge = maps.astype(np.float64) * 2.0**1000  # a power of two: exact, every rank and tie kept
+    assert np.isfinite(huge).all() and pixel_metrics(huge, masks) == pixel_metrics(maps, masks)
+

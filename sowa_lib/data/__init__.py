@@ -2,6 +2,8 @@
 
 ``load(name, root, category=None, split="test")`` and ``categories(name, root)`` are the entry
 points; each benchmark module provides ``categories(root)`` and ``load(root, category, split)``.
+With ``meta_json=<file>`` both read a ``meta.json`` written for April-GAN, AnomalyCLIP, ADer or SOWA
+(datasets spec §2.3) instead of the official layout; ``name`` then only labels the samples.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from sowa_lib.data.meta_json import load_meta_json, meta_json_categories
 from sowa_lib.data.sample import CorruptImageError, Sample
 
 if TYPE_CHECKING:
@@ -32,16 +35,36 @@ def _module(name: str) -> ModuleType:
     return importlib.import_module(DATASETS[name])
 
 
-def categories(name: str, root: str | Path) -> list[str]:
-    """Categories of benchmark ``name`` found under ``root``, in the benchmark's canonical order."""
+def categories(name: str, root: str | Path, *, meta_json: str | Path | None = None,
+               split: str = "test") -> list[str]:
+    """Categories of benchmark ``name`` found under ``root``, in the benchmark's canonical order.
+
+    With ``meta_json``: the categories its ``split`` key lists (sorted).
+    """
+    if meta_json is not None:
+        return meta_json_categories(Path(meta_json), Path(root), split, dataset=name)
     return _module(name).categories(Path(root))
 
 
-def load(name: str, root: str | Path, category: str | None = None, split: str = "test") -> list[Sample]:
-    """Samples of ``split`` (``"train"`` or ``"test"``) for one category, or all when ``category`` is None."""
-    module = _module(name)
-    cats = [category] if category is not None else module.categories(Path(root))
-    return [s for c in cats for s in module.load(Path(root), c, split)]
+def _load_split(name: str, root: Path, category: str, split: str, meta_json: Path | None) -> list[Sample]:
+    if meta_json is not None:
+        return load_meta_json(meta_json, root, split, category, dataset=name)
+    return _module(name).load(root, category, split)
+
+
+def load(name: str, root: str | Path, category: str | None = None, split: str = "test", *,
+         meta_json: str | Path | None = None) -> list[Sample]:
+    """Samples of ``split`` for one category, or all when ``category`` is None.
+
+    ``split`` is ``"train"`` or ``"test"`` (MVTec 3D-AD also ``"validation"``), or several joined by
+    ``+``, concatenated per category in that order: ``"train+validation"`` is ADer's MVTec 3D-AD
+    training set (spec §2.2). ``meta_json``: read the samples from this ``meta.json`` (spec §2.3),
+    its paths relative to ``root``, instead of the official layout.
+    """
+    root, meta = Path(root), None if meta_json is None else Path(meta_json)
+    parts = split.split("+")
+    cats = [category] if category is not None else categories(name, root, meta_json=meta, split=parts[0])
+    return [s for c in cats for part in parts for s in _load_split(name, root, c, part, meta)]
 
 
 __all__ = ["DATASETS", "CorruptImageError", "Sample", "categories", "describe", "load"]

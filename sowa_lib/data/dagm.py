@@ -47,7 +47,7 @@ def load(root: Path, category: str, split: str) -> list[Sample]:
     split = split.lower()
     root = Path(root)
     require_split(NAME, split)
-    require_category(NAME, category, categories(root), root)
+    require_category(NAME, category, categories(root), root, DAGM_LAYOUT)
     split_dir = root / category / SPLIT_FOLDERS[split]
     images = list_images(split_dir)
     if not images:

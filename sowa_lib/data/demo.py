@@ -36,7 +36,7 @@ import skimage.data
 from PIL import Image
 from scipy import ndimage
 
-from sowa_lib.data.errors import not_found
+from sowa_lib.data.errors import bad_layout, not_found
 from sowa_lib.data.mvtec import MVTEC_LAYOUT, load_mvtec_layout, mvtec_layout_categories
 from sowa_lib.data.sample import Sample
 
@@ -412,8 +412,14 @@ def generate(
 # ------------------------------------------------------------------------------------ loading
 
 
-def _require_generated(root: Path) -> None:
-    """Raise :class:`DatasetNotFoundError` saying how to generate the benchmark if ``root`` is absent."""
+def _require_group(root: Path) -> None:
+    """Raise a :class:`DatasetError` saying what to do unless ``root`` may be a demo group folder:
+    the demo's parent folder (holding ``demo_a``/``demo_b``) names the groups to load instead; an
+    absent folder says how to generate the benchmark."""
+    groups = [root / group for group in GROUPS if (root / group).is_dir()]
+    if groups:
+        raise bad_layout("demo", root, DEMO_LAYOUT, root,
+                         f"this is the demo's parent folder; load one of its groups: {' or '.join(map(str, groups))}")
     if not root.is_dir():
         raise not_found("demo", root, DEMO_LAYOUT, root,
                         f"demo benchmark not generated; run sowa_lib.data.demo.generate({str(root.parent)!r}) "
@@ -422,11 +428,11 @@ def _require_generated(root: Path) -> None:
 
 def categories(root: Path) -> list[str]:
     """Categories of one demo group directory (``<root>/demo_a`` or ``<root>/demo_b``)."""
-    _require_generated(Path(root))
+    _require_group(Path(root))
     return mvtec_layout_categories(Path(root), dataset="demo", expected=DEMO_LAYOUT)
 
 
 def load(root: Path, category: str, split: str) -> list[Sample]:
     """Samples of one category of a demo group directory, read through the MVTec layout reader."""
-    _require_generated(Path(root))
+    _require_group(Path(root))
     return load_mvtec_layout(Path(root), category, split, dataset="demo", expected=DEMO_LAYOUT)

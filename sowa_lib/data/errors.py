@@ -32,12 +32,18 @@ class UnknownCategoryError(DatasetError, KeyError):
 
 
 def fix_command(dataset: str, root: Path) -> str:
-    """The command that downloads (or explains how to obtain) ``dataset`` into ``root``.
+    """The command that downloads (or explains how to obtain) ``dataset`` for a loader reading ``root``.
 
-    Dataset folders live at ``DATA_ROOT/<name>`` (``sowa_lib.profiles.paper_profile``), so the
-    command names the parent of the dataset root.
+    ``make data`` puts each benchmark at ``DATA_ROOT/<name>`` (the demo's groups at
+    ``DATA_ROOT/demo/{demo_a,demo_b}``), so ``DATA_ROOT`` is the parent of the folder named after
+    the dataset, ``root`` or its parent. A root under another name cannot be filled in place: the
+    command then says where the data will be, to load from there.
     """
-    return f"make data DATASETS={dataset} DATA_ROOT={Path(root).parent}"
+    root = Path(root)
+    dataset_dir = next((folder for folder in (root, root.parent) if folder.name == dataset), None)
+    if dataset_dir is not None:
+        return f"make data DATASETS={dataset} DATA_ROOT={dataset_dir.parent}"
+    return f"make data DATASETS={dataset} DATA_ROOT={root.parent}, then load from {root.parent / dataset}"
 
 
 def describe(dataset: str, problem: str, path: Path, expected: str, root: Path) -> str:
@@ -57,12 +63,17 @@ def bad_layout(dataset: str, path: Path, expected: str, root: Path, problem: str
     return DatasetLayoutError(describe(dataset, problem, path, expected, root))
 
 
-def require_category(dataset: str, category: str, available: Iterable[str], root: Path) -> None:
-    """Raise :class:`UnknownCategoryError` listing ``available`` unless ``category`` is one of them."""
+def require_category(dataset: str, category: str, available: Iterable[str], root: Path, expected: str,
+                     looked_at: Path | None = None) -> None:
+    """Raise :class:`UnknownCategoryError` listing ``available`` unless ``category`` is one of them.
+
+    The message has the :func:`describe` facts too (``looked_at`` defaults to ``root``): a category
+    missing from a partial copy is fixed by fetching the dataset again.
+    """
     available = list(available)
     if category not in available:
-        raise UnknownCategoryError(f"{dataset}: unknown category {category!r} under {root}; "
-                                   f"available: {', '.join(available) or '(none)'}")
+        problem = f"unknown category {category!r}; available: {', '.join(available) or '(none)'}"
+        raise UnknownCategoryError(describe(dataset, problem, looked_at or root, expected, root))
 
 
 def require_split(dataset: str, split: str, allowed: Iterable[str] = SPLITS) -> None:

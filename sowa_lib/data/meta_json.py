@@ -110,7 +110,7 @@ def load_meta_json(path: Path, root: Path, split: str, category: str | None = No
     path, root = Path(path), Path(root)
     table = _split_table(read_meta(path, root, dataset), path, root, dataset, split)
     if category is not None:
-        require_category(dataset, category, sorted(table), root)
+        require_category(dataset, category, sorted(table), root, META_LAYOUT, looked_at=path)
     wanted = sorted(table) if category is None else [category]
     samples = [_record_sample(record, split.lower(), dataset, root, path) for cls in wanted for record in table[cls]]
     return sorted(samples, key=lambda s: (s.category, s.path))

@@ -9,13 +9,16 @@
 :func:`load_mvtec_layout` and :func:`mvtec_layout_categories` read any tree of this shape; the
 DTD-Synthetic loader and the demo benchmark reuse them. Images and masks are paired **by name**
 (``000.png`` ↔ ``000_mask.png``), not by sorted order as the April-GAN meta.json scripts do
-(spec §2.3), and an unpaired file raises :class:`DatasetLayoutError`. A defect folder with no
-``ground_truth/<defect>`` folder gets all-zero masks (``mask_path=None``).
+(spec §2.3), and an unpaired file raises :class:`DatasetLayoutError`. So does a defect folder
+without its ``ground_truth/<defect>`` folder (a partial copy would otherwise score its anomalies
+against all-zero masks), except for the defects a loader lists in ``unmasked_defects``: spec §2.2
+says MVTec AD's ``combined`` defect may ship without masks, and those images get all-zero masks
+(``mask_path=None``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from sowa_lib.data.errors import bad_layout, not_found, require_category, require_split
 from sowa_lib.data.sample import Sample
@@ -24,6 +27,7 @@ NAME = "mvtec"
 NORMAL_FOLDER = "good"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MVTEC_MASK_NAMES = ("{stem}_mask",)
+MVTEC_UNMASKED_DEFECTS = frozenset({"combined"})  # spec §2.2: "the 'combined' defect class ... no mask"
 MVTEC_LAYOUT = ("<root>/<category>/train/good/*.png, <root>/<category>/test/{good,<defect>}/*.png, "
                 "<root>/<category>/ground_truth/<defect>/<name>_mask.png")
 
@@ -84,12 +88,17 @@ def mvtec_layout_categories(root: Path, *, dataset: str = NAME, expected: str = 
 
 
 def _defect_samples(folder: Path, category_dir: Path, split: str, category: str, dataset: str, root: Path,
-                    normal_folder: str, mask_names: Sequence[str], expected: str) -> list[Sample]:
+                    normal_folder: str, mask_names: Sequence[str], expected: str,
+                    unmasked_defects: Collection[str]) -> list[Sample]:
     images = list_images(folder)
     defect = folder.name
     mask_dir = category_dir / "ground_truth" / defect
-    if defect == normal_folder or not mask_dir.is_dir():
+    if defect == normal_folder or (defect in unmasked_defects and not mask_dir.is_dir()):
         masks: list[Path | None] = [None] * len(images)
+    elif not mask_dir.is_dir() and images:
+        raise bad_layout(dataset, mask_dir, expected, root, f"the anomalous images of {split}/{defect}/ have no "
+                         f"ground_truth/{defect}/ folder (an incomplete copy? move the "
+                         "dataset folder away, then run the fix)")
     else:
         masks = pair_masks(images, mask_dir, mask_names=mask_names, dataset=dataset, root=root, expected=expected)
     label = int(defect != normal_folder)
@@ -97,20 +106,23 @@ def _defect_samples(folder: Path, category_dir: Path, split: str, category: str,
 
 
 def load_mvtec_layout(root: Path, category: str, split: str, dataset: str, *, normal_folder: str = NORMAL_FOLDER,
-                      mask_names: Sequence[str] = MVTEC_MASK_NAMES, expected: str = MVTEC_LAYOUT) -> list[Sample]:
+                      mask_names: Sequence[str] = MVTEC_MASK_NAMES, expected: str = MVTEC_LAYOUT,
+                      unmasked_defects: Collection[str] = frozenset()) -> list[Sample]:
     """Samples of ``<root>/<category>/<split>/<defect>/*``, sorted by path.
 
     Images in ``normal_folder`` (``good``; BTAD: ``ok``) are normal (label 0); any other folder
-    name is the defect type (label 1). ``expected`` is the layout quoted in error messages.
+    name is the defect type (label 1) and needs ``ground_truth/<defect>/`` unless it is one of
+    ``unmasked_defects``. ``expected`` is the layout quoted in error messages.
     """
     root = Path(root)
     require_split(dataset, split)
-    require_category(dataset, category, mvtec_layout_categories(root, dataset=dataset, expected=expected), root)
+    available = mvtec_layout_categories(root, dataset=dataset, expected=expected)
+    require_category(dataset, category, available, root, expected)
     category_dir = root / category
     split_dir = category_dir / split
     samples = [s for folder in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
                for s in _defect_samples(folder, category_dir, split, category, dataset, root,
-                                        normal_folder, mask_names, expected)]
+                                        normal_folder, mask_names, expected, unmasked_defects)]
     if not samples:
         raise bad_layout(dataset, split_dir, expected, root, f"no images in the {split} split of {category!r}")
     return samples
@@ -123,4 +135,4 @@ def categories(root: Path) -> list[str]:
 
 def load(root: Path, category: str, split: str) -> list[Sample]:
     """MVTec AD samples of one category and split (``"train"`` or ``"test"``)."""
-    return load_mvtec_layout(root, category, split, dataset=NAME)
+    return load_mvtec_layout(root, category, split, dataset=NAME, unmasked_defects=MVTEC_UNMASKED_DEFECTS)

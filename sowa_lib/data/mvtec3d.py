@@ -7,8 +7,8 @@
     (xyz/*.tiff and calibration/ are ignored)
 
 Masks share the image's stem. ``good`` images get ``mask_path=None`` (their ``gt`` is all zero).
-ADer trains on train + validation: ``load(..., "train", include_validation=True)``; the validation
-samples keep ``split="validation"`` so their origin stays visible.
+ADer trains on train + validation: ``sowa_lib.data.load("mvtec3d", root, split="train+validation")``;
+the validation samples keep ``split="validation"`` so their origin stays visible.
 """
 from __future__ import annotations
 
@@ -63,14 +63,9 @@ def _split_samples(root: Path, category: str, split: str) -> list[Sample]:
     return samples
 
 
-def load(root: Path, category: str, split: str, include_validation: bool = False) -> list[Sample]:
-    """RGB samples of one category and split; ``include_validation`` adds validation to train (ADer)."""
+def load(root: Path, category: str, split: str) -> list[Sample]:
+    """RGB samples of one category and split (``"train"``, ``"validation"`` or ``"test"``)."""
     root = Path(root)
     require_split(NAME, split, SPLITS)
-    if include_validation and split != "train":
-        raise ValueError(f"{NAME}: include_validation applies to the train split, not {split!r}")
-    require_category(NAME, category, categories(root), root)
-    samples = _split_samples(root, category, split)
-    if include_validation and split == "train":
-        samples += _split_samples(root, category, "validation")
-    return samples
+    require_category(NAME, category, categories(root), root, MVTEC3D_LAYOUT)
+    return _split_samples(root, category, split)

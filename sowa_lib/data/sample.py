@@ -7,15 +7,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sowa_lib.data.errors import DatasetNotFoundError, fix_command
+
 
 class CorruptImageError(RuntimeError):
     """An image or mask file exists but cannot be decoded."""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, dataset: str, root: Path) -> Image.Image:
+    """The decoded image; a vanished file is a :class:`DatasetNotFoundError`, an undecodable one a
+    :class:`CorruptImageError`, each naming the file."""
     try:
         image = Image.open(path)
         image.load()
+    except FileNotFoundError as err:
+        raise DatasetNotFoundError(f"{dataset}: file not found (it was listed when the dataset was loaded; "
+                                   f"moved or deleted since?)\n  looked at: {path}\n"
+                                   f"  fix: {fix_command(dataset, root)}") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise CorruptImageError(f"cannot decode image file {path}: {err}") from err
     return image
@@ -47,11 +55,11 @@ class Sample:
 
     def read_image(self) -> np.ndarray:
         """RGB uint8 array [H, W, 3] (grayscale images are replicated to 3 channels)."""
-        return np.array(_open(self.path).convert("RGB"))
+        return np.array(_open(self.path, self.dataset, self.root).convert("RGB"))
 
     def read_mask(self) -> np.ndarray:
         """Boolean mask [H, W], binarised ``> 0`` (VisA masks hold class ids)."""
         if self.mask_path is None:
-            width, height = _open(self.path).size
+            width, height = _open(self.path, self.dataset, self.root).size
             return np.zeros((height, width), dtype=bool)
-        return np.array(_open(self.mask_path).convert("L")) > 0
+        return np.array(_open(self.mask_path, self.dataset, self.root).convert("L")) > 0

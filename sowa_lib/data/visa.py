@@ -73,7 +73,7 @@ def load(root: Path, category: str, split: str, split_csv: str = DEFAULT_SPLIT_C
     root = Path(root)
     require_split(NAME, split)
     rows = read_split_csv(root, split_csv)
-    require_category(NAME, category, sorted({r["object"] for r in rows}), root)
+    require_category(NAME, category, sorted({r["object"] for r in rows}), root, VISA_LAYOUT)
     samples = []
     for row in rows:
         if row["object"] != category or row["split"] != split:
