@@ -3,6 +3,7 @@ numbers that two papers (or a paper and a figure) print differently."""
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ PAPER_DIR, SPEC_DIR = SHARED / "papers", SHARED / "specs"
 
 # Claims per (paper, table): a guard against silently lost or duplicated rows.
 EXPECTED_COUNTS = {
-    "sowa": {"readme_table_1": 60, "readme_table_2": 42, "fig5": 142, "fig9": 12, "fig8a": 24, "fig8b": 24, "fig8c": 24},
+    "sowa": {"readme_table_1": 60, "readme_table_2": 42, "fig5": 174, "fig9": 12, "fig8a": 24, "fig8b": 24, "fig8c": 24},
     "april_gan": {"Table 1": 15, "Table 2": 15, "Table 3": 106, "Table 4": 106, **{f"Table {n}": 112 for n in (5, 6, 7, 8)},
                   **{f"Table {n}": 91 for n in (9, 10, 11, 12)}},
     "winclip": {"abstract": 8, "pwc_benchmark": 8},
@@ -52,7 +53,13 @@ REGIONS = {
                ("Table 9", "4.6 Efficiency Comparison", "In addition to model performance"),
                ("Table 10", "4.7 Extending to Few-shot", "5 Limitation")],
 }
-SOURCE = re.compile(r"^(?P<file>[^:;]+):L(?P<line>\d+); (?P<table>[^;]+); row '(?P<row>[^']*)'; col '[^']*'")
+SOURCE = re.compile(r"^(?P<file>[^:;]+):L(?P<line>\d+); (?P<table>[^;]+); row '(?P<row>[^']*)'; col '(?P<col>[^']*)'")
+# Tables printed as prose, not as rows and columns: the value is looked up on the cited line.
+PROSE_TABLES = {("winclip", "abstract"), ("winclip", "pwc_benchmark")}
+# AGPNet's export lost most column headers: ``column N`` counts cells after the row label (``Ours``
+# is the last), and a trailing metric picks its part of an ``I-AUC / P-AUC / PRO`` cell.
+AGPNET_POSITIONAL = re.compile(r"(?:column (?P<n>\d+)|Ours)(?: (?P<part>I-AUC|P-AUC|PRO))?")
+AGPNET_PARTS = ("I-AUC", "P-AUC", "PRO")
 
 
 def test_every_paper_loads_with_the_agreed_columns_and_vocabularies() -> None:
@@ -116,63 +123,207 @@ def _value_pattern(value: str, std: str) -> re.Pattern[str]:
     return re.compile(r"(?<![\d.])" + re.escape(value) + tail)
 
 
-def _text_problems(paper: str) -> list[str]:
+def _cells(line: str) -> list[str]:
+    """The cells of a '|'-separated table line (Markdown's leading pipe dropped, bold marks stripped)."""
+    return [cell.strip().strip("*") for cell in line.strip().removeprefix("|").split("|")]
+
+
+def _subcell(cell: str, index: int) -> str | None:
+    parts = cell.split("/")
+    return parts[index].strip() if index < len(parts) else None
+
+
+def _whitespace_cell(lines: list[str], number: int, region: range, row: str, col: str) -> str | None:
+    """April-GAN's tables: after the row label, one whitespace-separated value per header column
+    (the header's last columns; leading ones such as ``Setting Method`` label the row)."""
+    values = lines[number].split(row, 1)[1].split()
+    header = next((lines[i].split() for i in range(number - 1, region.start - 1, -1) if col in lines[i].split()), [])
+    columns = header[-len(values):] if values else []
+    return values[columns.index(col)] if col in columns else None
+
+
+def _pipe_cell(lines: list[str], number: int, region: range, col: str) -> str | None:
+    """The cell of a '|'-separated line under column ``col``: a header cell named ``col`` (or
+    starting with it, e.g. ``K=1 (two markers)``), a part of a combined header cell such as
+    ``I-AUC/P-AUC(%)``, or, where AGPNet's export lost the header, ``column N`` (N-th cell after the
+    row label; ``Ours`` is the last) with ``I-AUC``/``P-AUC``/``PRO`` picking the part of an
+    ``I-AUC / P-AUC / PRO`` cell."""
+    cells = _cells(lines[number])
+    positional = AGPNET_POSITIONAL.fullmatch(col)
+    if positional:
+        index = int(positional["n"]) if positional["n"] else max(i for i, cell in enumerate(cells) if cell)
+        if index >= len(cells):
+            return None
+        return _subcell(cells[index], AGPNET_PARTS.index(positional["part"])) if positional["part"] else cells[index]
+    for i in range(number - 1, region.start - 1, -1):
+        header = _cells(lines[i]) if "|" in lines[i] else []
+        # A row whose leading, row-spanning cell the export dropped (``| Visa | 87.3±1.8 | ... | |``)
+        # is short by that many cells at the front.
+        shift = max(0, _width(header) - _width(cells))
+        for index, name in enumerate(header):
+            parts = [part.strip() for part in name.removesuffix("(%)").split("/")]
+            if not 0 <= index - shift < len(cells):
+                continue
+            if name == col or name.startswith(col + " "):
+                return cells[index - shift]
+            if len(parts) > 1 and col in parts:
+                return _subcell(cells[index - shift], parts.index(col))
+    return None
+
+
+def _width(cells: list[str]) -> int:
+    """Cells up to the last non-empty one."""
+    return max((i + 1 for i, cell in enumerate(cells) if cell), default=0)
+
+
+def _cited_cell(lines: list[str], number: int, region: range, row: str, col: str) -> str | None:
+    """The text of the table cell at (row label on line ``number``, column ``col``); None when the
+    column cannot be found."""
+    if "|" in lines[number]:
+        return _pipe_cell(lines, number, region, col)
+    return _whitespace_cell(lines, number, region, row, col)
+
+
+def _source_dir(file: str) -> Path:
+    return SPEC_DIR if file.endswith(".md") else PAPER_DIR
+
+
+def _text_problems(paper: str, raw: pd.DataFrame) -> list[str]:
+    """Every row of ``raw`` whose value is not printed at its source: the cited line must lie in the
+    table's region and carry the row label, and the value (with its std) must stand in the cited
+    column; in the prose tables of ``PROSE_TABLES`` it must appear on the line."""
     regions = {table: (start, end) for table, start, end in REGIONS[paper]}
-    cache: dict[str, list[str]] = {}
+    texts: dict[str, list[str]] = {}
+    spans: dict[tuple[str, str], range] = {}
     problems = []
-    for index, row in raw_claims(paper).iterrows():
+    for index, row in raw.iterrows():
         match = SOURCE.match(row["source"])
         if not match or match["table"] != row["table"]:
             problems.append(f"row {index + 2}: malformed source {row['source']!r}")
             continue
-        folder = SPEC_DIR if match["file"].endswith(".md") else PAPER_DIR
-        lines = cache.setdefault(match["file"], (folder / match["file"]).read_text().split("\n"))
+        lines = texts.setdefault(match["file"], (_source_dir(match["file"]) / match["file"]).read_text().split("\n"))
+        region = spans.setdefault((match["file"], row["table"]), _region(lines, *regions[row["table"]]))
         number = int(match["line"]) - 1
-        text = lines[number]
-        if number not in _region(lines, *regions[row["table"]]):
+        text, pattern = lines[number], _value_pattern(row["value"], row["std"])
+        printed = f"{row['value']}±{row['std'] or '∅'}"
+        if number not in region:
             problems.append(f"row {index + 2}: line {number + 1} is outside {row['table']}")
         elif match["row"] not in text:
             problems.append(f"row {index + 2}: row label {match['row']!r} not on line {number + 1}")
-        elif not _value_pattern(row["value"], row["std"]).search(text):
-            problems.append(f"row {index + 2}: {row['value']}±{row['std'] or '∅'} not on line {number + 1}: {text[:120]}")
+        elif (paper, row["table"]) in PROSE_TABLES:
+            if not pattern.search(text):
+                problems.append(f"row {index + 2}: {printed} not on line {number + 1}: {text[:120]}")
+        else:
+            cell = _cited_cell(lines, number, region, match["row"], match["col"])
+            if cell is None:
+                problems.append(f"row {index + 2}: column {match['col']!r} not found for line {number + 1}")
+            elif not pattern.search(cell):
+                problems.append(f"row {index + 2}: {printed} not in column {match['col']!r} of line {number + 1} "
+                                f"(the cell reads {cell!r})")
     return problems
+
+
+def _checkable(raw: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose source text is here (the paper texts for printed values, the specs for
+    SOWA's digitized figure values)."""
+    files = raw["source"].str.extract(SOURCE)["file"].fillna("")
+    return raw[[_source_dir(file).is_dir() for file in files]]
 
 
 @pytest.mark.parametrize("paper", PAPERS)
 def test_every_value_is_printed_in_its_table(paper: str) -> None:
-    if not PAPER_DIR.is_dir():
-        pytest.skip(f"paper texts not found at {PAPER_DIR}; cannot check claims against them")
-    if paper == "sowa" and not SPEC_DIR.is_dir():
-        pytest.skip(f"specs not found at {SPEC_DIR}; cannot check SOWA's digitized figure values")
-    assert _text_problems(paper) == []
+    raw = raw_claims(paper)
+    here = _checkable(raw)
+    if here.empty:
+        pytest.skip(f"no source text found ({PAPER_DIR}, {SPEC_DIR}); cannot check {paper}'s claims against it")
+    if len(here) < len(raw):
+        warnings.warn(f"{len(raw) - len(here)} of {paper}'s claims not checked: their source text "
+                      f"({PAPER_DIR} or {SPEC_DIR}) is absent", stacklevel=1)
+    assert _text_problems(paper, here) == []
+
+
+def test_missing_specs_skip_only_the_digitized_figure_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "SPEC_DIR", tmp_path / "absent")
+    raw = raw_claims("sowa")
+    here = _checkable(raw)
+    assert not here["digitized"].eq("True").any()
+    assert len(here) == raw["digitized"].eq("False").sum() > 0
+
+
+@pytest.mark.skipif(not PAPER_DIR.is_dir(), reason=f"paper texts not found at {PAPER_DIR}")
+def test_a_value_in_the_wrong_column_is_caught() -> None:
+    """Swapping AP-segm and PRO-segm on April-GAN Table 5's carpet row (both numbers are on the
+    line) breaks exactly those two claims."""
+    raw = raw_claims("april_gan")
+    carpet = raw[(raw["table"] == "Table 5") & (raw["category"] == "carpet")]
+    pair = carpet.set_index("metric").loc[["pixel_ap", "aupro"]]
+    swapped = raw.copy()
+    swapped.loc[carpet.index[carpet["metric"] == "pixel_ap"], "value"] = pair.loc["aupro", "value"]
+    swapped.loc[carpet.index[carpet["metric"] == "aupro"], "value"] = pair.loc["pixel_ap", "value"]
+    problems = _text_problems("april_gan", swapped.loc[carpet.index])
+    assert len(problems) == 2 and all("not in column" in p for p in problems), problems
 
 
 # Every disagreement that exists in the papers, with its explanation. A new disagreement (a
-# transcription slip, or a newly added claim) fails the test until it is explained here.
-def _agpnet_swaps_1_and_2_shot(row: pd.Series) -> bool:
+# transcription slip, or a newly added claim) fails the test until it is explained here. Each rule
+# sees the disagreeing pair and all claims.
+FIG5_OFFSET_CAP = 1.5  # points: SOWA's fig5 baseline markers vs the printed numbers (see the rule)
+OTHER_BASELINE = {"winclip": "april_gan", "april_gan": "winclip"}
+
+
+def _printed(claims: pd.DataFrame, row: pd.Series, **changes: object) -> pd.Series:
+    """The printed (not digitized) values of the claim identity of ``row``, with ``changes``."""
+    identity = {field: row[field] for field in ("dataset", "category", "method", "setting", "shots", "variant", "metric")}
+    identity.update(changes)
+    mask = ~claims["digitized"]
+    for field, value in identity.items():
+        mask &= claims[field] == value
+    return claims.loc[mask, "value"]
+
+
+def _agpnet_swaps_1_and_2_shot(row: pd.Series, claims: pd.DataFrame) -> bool:
     """AGPNet Table 10 prints SPADE/PaDiM/PatchCore's 1-shot numbers under 2-shot and vice versa
-    (relative to April-GAN Table 3 and WinCLIP's table they both copy)."""
-    return ({row["paper_a"], row["paper_b"]} == {"april_gan", "agpnet"} and row["shots"] in (1, 2)
-            and row["method"] in ("spade", "padim", "patchcore"))
+    (relative to April-GAN Table 3 and WinCLIP's table they both copy): AGPNet's K-shot value is
+    April-GAN's (3 − K)-shot value."""
+    if {row["paper_a"], row["paper_b"]} != {"april_gan", "agpnet"} or row["shots"] not in (1, 2):
+        return False
+    agpnet_value = row["value_a"] if row["paper_a"] == "agpnet" else row["value_b"]
+    other_shot = _printed(claims[claims["paper"] == "april_gan"], row, shots=3 - row["shots"])
+    return bool((other_shot == agpnet_value).any())
 
 
-def _padim_std(row: pd.Series) -> bool:
+def _padim_std(row: pd.Series, claims: pd.DataFrame) -> bool:
     """PaDiM MVTec 4-shot image AUROC: SOWA prints 80.4±2.4, April-GAN 80.4±2.5."""
     return (row["method"] == "padim" and row["value_a"] == row["value_b"]
             and {row["std_a"], row["std_b"]} == {2.4, 2.5})
 
 
-def _sowa_fig5_baselines(row: pd.Series) -> bool:
-    """SOWA's fig5 baseline markers (digitized ±0.3) sit 0.4–1.2 points below the April-GAN /
-    WinCLIP numbers printed by April-GAN: the figure plots other values than the printed ones."""
-    return row["table_a"] == "fig5" and row["digitized_a"] and row["paper_b"] == "april_gan"
+def _sowa_fig5_baselines(row: pd.Series, claims: pd.DataFrame) -> bool:
+    """SOWA's fig5 baseline markers (digitized ±0.3) sit 0.4–1.2 points off (mostly below) the
+    WinCLIP / April-GAN numbers their papers print: the figure plots other values than the printed
+    ones. Accepted up to ``FIG5_OFFSET_CAP`` points."""
+    return (row["table_a"] == "fig5" and row["digitized_a"] and not row["digitized_b"]
+            and abs(row["value_a"] - row["value_b"]) <= FIG5_OFFSET_CAP)
 
 
-KNOWN_DISAGREEMENTS = (_agpnet_swaps_1_and_2_shot, _padim_std, _sowa_fig5_baselines)
+def _fig5_merged_reading_is_the_other_baselines(row: pd.Series, claims: pd.DataFrame) -> bool:
+    """Where the spec reads one 'merged' fig5 marker for both baselines, the reading can be the
+    other baseline's alone: AS PRO MVTec-AD K=2 reads 88.8, WinCLIP prints 88.4, April-GAN 91.3 (its
+    marker probably hidden under SOWA's, 91.9). Accepted when the reading is within
+    ``FIG5_OFFSET_CAP`` of the other baseline's printed value."""
+    if row["table_a"] != "fig5" or "merged markers" not in row["source_a"]:
+        return False
+    other = _printed(claims, row, method=OTHER_BASELINE[row["method"]])
+    return bool(((other - row["value_a"]).abs() <= FIG5_OFFSET_CAP).any())
+
+
+KNOWN_DISAGREEMENTS = (_agpnet_swaps_1_and_2_shot, _padim_std, _sowa_fig5_baselines,
+                       _fig5_merged_reading_is_the_other_baselines)
 
 
 def test_cross_paper_disagreements_are_all_known_and_listed() -> None:
-    found = disagreements(load_claims())
+    claims = load_claims()
+    found = disagreements(claims)
     def printed(paper: str, table: str, value: float, std: float) -> str:
         return f"{paper} {table} {value}" + ("" if pd.isna(std) else f"±{std}")
 
@@ -181,9 +332,22 @@ def test_cross_paper_disagreements_are_all_known_and_listed() -> None:
         f"{printed(r.paper_a, r.table_a, r.value_a, r.std_a)} vs {printed(r.paper_b, r.table_b, r.value_b, r.std_b)}"
         for r in found.itertuples())
     warnings.warn(f"{len(found)} cross-paper disagreements in the printed claims:\n{listing}", stacklevel=1)
-    explained = found.apply(lambda r: [rule.__name__ for rule in KNOWN_DISAGREEMENTS if rule(r)], axis=1)
+    explained = found.apply(lambda r: [rule.__name__ for rule in KNOWN_DISAGREEMENTS if rule(r, claims)], axis=1)
     assert explained.map(len).gt(0).all(), found[explained.map(len) == 0].to_string()
     assert {name for names in explained for name in names} == {rule.__name__ for rule in KNOWN_DISAGREEMENTS}
+
+
+def test_disagreement_rules_are_narrow() -> None:
+    """A fig5 offset beyond the cap, or an AGPNet 1/2-shot value that is not April-GAN's other-shot
+    value, stays unexplained."""
+    claims = load_claims()
+    found = disagreements(claims)
+    fig5 = found[(found["table_a"] == "fig5") & ~found["source_a"].str.contains("merged markers")].iloc[0].copy()
+    fig5["value_a"] = fig5["value_b"] - FIG5_OFFSET_CAP - 0.1
+    agpnet = found[(found["paper_a"] == "april_gan") & (found["paper_b"] == "agpnet")].iloc[0].copy()
+    agpnet["value_b"] += 0.1
+    for row in (fig5, agpnet):
+        assert not any(rule(row, claims) for rule in KNOWN_DISAGREEMENTS), row.to_dict()
 
 
 def test_claims_printed_by_several_papers_are_compared() -> None:

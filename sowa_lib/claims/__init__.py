@@ -16,8 +16,10 @@ from the digitization in ``../shared/specs/sowa.md`` §4.3–4.6). Columns (``CL
   for quality metrics; leaderboard rows are the VAND fractions as printed; efficiency units as
   printed: fps in images/s, params in millions, gflops in GFLOPs).
 - ``digitized`` (read off a figure), ``uncertainty`` (stated reading uncertainty, points),
-  ``inferred`` (an attribution that the export lost and that was inferred from the text; the
-  reason is in ``source``), ``source`` (``file:Lline; table; row '...'; col '...'; note: ...``).
+  ``inferred`` (an attribution that the source does not state: a column header the export lost,
+  inferred from the text, or a fig5 baseline marker at K=1/2, assigned to a method from the printed
+  K=4 order, sowa spec §4.3; the reason is in ``source``), ``source``
+  (``file:Lline; table; row '...'; col '...'; note: ...``; the row label and column name as printed).
 """
 from __future__ import annotations
 
