@@ -8,6 +8,7 @@ missing. Prints the measured wall time of each notebook and of the whole study.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ import papermill
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from sowa_lib.ablations import ablations  # noqa: E402
+from sowa_lib.executors import EXECUTORS  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
 from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile, prepare  # noqa: E402
 
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--device", default=None, help="default: cpu for demo, cuda for paper")
-    parser.add_argument("--executor", default="local")
+    parser.add_argument("--executor", default="local", choices=list(EXECUTORS))
+    parser.add_argument("--jobs", type=int, default=None, help="local executor: worker processes (sets JOBS)")
     parser.add_argument("--only", default=None, help="run one notebook, e.g. 02_few_shot")
     parser.add_argument("--in-place", action="store_true", help="overwrite the notebooks in notebooks/ (demo defaults only)")
     args = parser.parse_args(argv)
@@ -47,11 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = get_profile(args.profile, args.data_root, args.results_dir, device)
         prepare(profile)
-        check_weights(profile, available())
+        check_weights(profile, available(), [(a.method, a.overrides) for a in ablations(profile.name)])
     except ProfileNotReadyError as err:
         print(f"reproduce: {err}", file=sys.stderr)
         return 2
 
+    if args.jobs:
+        os.environ["JOBS"] = str(args.jobs)  # the notebooks' kernels inherit it; get_executor reads it
     out_dir = profile.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": args.profile, "data_root": args.data_root, "results_dir": args.results_dir,

@@ -205,27 +205,51 @@ def execute_job(job: Job, progress: bool = False) -> list[str]:
     written = []
     for spec in job.specs:
         if not runs.is_done(job.profile.run_dir, spec):
-            written.append(str(_run_one(method, spec, cache, job.profile, job.aupro_variant, log)))
+            written.append(str(_run_one(method, job, spec, cache, log)))
     return written
 
 
 def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bool = True, aupro_variant: str = "mvtec") -> pd.DataFrame:
     """Compute the missing runs of ``plan`` (through ``executor``, local by default) and return all
-    of its runs from the store."""
-    from sowa_lib.executors import LocalExecutor
+    of its runs from the store.
+
+    A failed training does not stop the sweep: every evaluation whose training exists still runs,
+    then one :class:`~sowa_lib.executors.SweepError` lists what failed and what it kept from running.
+    """
+    from sowa_lib.executors import LocalExecutor, sweep_error
     from sowa_lib.profiles import prepare
 
     categories = prepare(profile, list(plan.datasets))
     specs = expand(plan, profile, categories)
-    todo = [s for s in specs if not runs.is_done(profile.run_dir, s)]
+    runs.remove_orphaned_temporaries(profile.run_dir)
+    done = {s for s in specs if runs.is_done(profile.run_dir, s)}
+    refuse_other_aupro_variant(sorted(done, key=str), profile, aupro_variant)
+    todo = [s for s in specs if s not in done]
     if todo and methods.method_class(plan.method).training_data == "auxiliary":
         prepare(profile, sorted({profile.auxiliary[d] for d in plan.datasets}))
     if todo:
         executor = executor or LocalExecutor(progress=progress)
         train_jobs, eval_jobs = make_jobs(plan, profile, todo, aupro_variant)
-        executor.run(train_jobs, f"train {plan.method}/{plan.variant}")
-        executor.run(eval_jobs, f"{plan.method}/{plan.variant}/{plan.setting}")
+        failures = executor.attempt(train_jobs, f"train {plan.method}/{plan.variant}")
+        failed_trainings = {outcome.job.training for outcome in failures}
+        runnable = [job for job in eval_jobs if job.training not in failed_trainings]
+        failures += executor.attempt(runnable, f"{plan.method}/{plan.variant}/{plan.setting}")
+        if failures:
+            raise sweep_error(failures, executor.retries, skipped=[job for job in eval_jobs if job.training in failed_trainings])
     return runs.load_results(profile.run_dir, specs)
+
+
+def refuse_other_aupro_variant(done: Sequence[runs.RunSpec], profile: Profile, aupro_variant: str) -> None:
+    """The AUPRO definition is not part of a run's key: stop before reusing runs scored with another."""
+    stored = {spec: runs.read_run(runs.run_path(profile.run_dir, spec)).get("aupro_variant") for spec in done}
+    other = [spec for spec, variant in stored.items() if variant != aupro_variant]
+    if other:
+        first = other[0]
+        raise ValueError(
+            f"{len(other)} stored run(s) of {first.method}/{first.variant} were scored with aupro_variant="
+            f"{stored[first]!r}, not {aupro_variant!r} (e.g. {runs.run_path(profile.run_dir, first)}). Give this "
+            "scoring its own Plan(variant=...) name (as sowa_lib.ablations does), or another results_dir."
+        )
 
 
 def references(method: AnomalyMethod, cache: _SampleCache, dataset: str, category: str, shots: int, seed: int) -> list[Sample]:
@@ -235,26 +259,37 @@ def references(method: AnomalyMethod, cache: _SampleCache, dataset: str, categor
     return draw_references(cache.samples(dataset, category, "train"), shots, seed, replacement=replacement)
 
 
-def _run_one(method: AnomalyMethod, spec: runs.RunSpec, cache: _SampleCache, profile: Profile, aupro_variant: str, training_log: dict) -> Path:
+def reference_options(method: AnomalyMethod, plan: Plan, profile: Profile, spec: runs.RunSpec) -> dict[str, Any]:
+    """Keyword arguments of ``set_references`` for methods that train on the references (AGPNet
+    few-shot): a checkpoint folder per (dataset, category, K, seed), so that training resumes."""
+    if "checkpoint_dir" not in inspect.signature(method.set_references).parameters or spec.shots == 0:
+        return {}
+    name = f"{spec.dataset}-{spec.category}-k{spec.shots}"
+    return {"checkpoint_dir": checkpoint_path(profile, plan, name, spec.seed).with_suffix(".parts")}
+
+
+def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _SampleCache, training_log: dict) -> Path:
+    profile = job.profile
     size, norm = method.image_size, method.normalization
     test = cache.samples(spec.dataset, spec.category, "test")
     refs = references(method, cache, spec.dataset, spec.category, spec.shots, spec.seed)
     start = time.perf_counter()
-    method.set_references(load_images(refs, size, norm).to(method.device), spec.category)
+    method.set_references(load_images(refs, size, norm).to(method.device), spec.category, **reference_options(method, job.plan, profile, spec))
     pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm), spec.category, profile.batch_size)
     seconds = time.perf_counter() - start
     labels = torch.tensor([s.label for s in test])
-    values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), aupro_variant)
+    values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), job.aupro_variant)
+    config = method.plain_config()
     return runs.write_run(
         profile.run_dir, spec, values,
         reasons=reasons,
         references=[r.relpath for r in refs],
-        config={k: (v if isinstance(v, (int, float, str, bool, type(None), list, tuple)) else repr(v)) for k, v in method.config().items()},
-        provenance=runs.provenance(weights=str(method.config().get("pretrained", "")), device=str(profile.device)),
+        config=config,
+        provenance=runs.provenance(weights=str(config.get("pretrained", "")), device=str(profile.device)),
         seconds=seconds,
         n_test=len(test),
         training={k: v for k, v in training_log.items() if not isinstance(v, list)},
-        aupro_variant=aupro_variant,
+        aupro_variant=job.aupro_variant,
     )
 
 
@@ -267,6 +302,7 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
     cache = _SampleCache(profile)
     method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
     refs = references(method, cache, dataset, category, shots, seed)
-    method.set_references(load_images(refs, method.image_size, method.normalization).to(method.device), category)
+    method.set_references(load_images(refs, method.image_size, method.normalization).to(method.device), category,
+                          **reference_options(method, plan, profile, spec))
     pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization), category, profile.batch_size)
     return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])

@@ -3,6 +3,10 @@ submitit (``slurm``). The jobs (:class:`sowa_lib.evaluate.Job`) are idempotent a
 run atomically, so every executor produces the same result files, a pre-empted job leaves no
 partial file, and a rerun computes only what is missing.
 
+Workers never download weights: Ray workers receive the driver's ``DATA_ROOT``/``WEIGHTS_DIR``
+(:data:`SHARED_PATH_VARIABLES`) through a ``runtime_env``, local worker processes and SLURM jobs
+inherit them, and every worker runs with :data:`OFFLINE_ENVIRONMENT` set.
+
 Ray and submitit are optional extras: ``pip install -e '.[ray]'`` / ``'.[slurm]'``.
 """
 from __future__ import annotations
@@ -17,20 +21,55 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 
+#: Variables that say where the shared datasets, weights and caches are; forwarded to Ray workers.
+SHARED_PATH_VARIABLES = ("DATA_ROOT", "WEIGHTS_DIR", "TORCH_HOME", "HF_HOME")
+#: Set in every worker process: Hugging Face hub (open_clip, timm) and torch hub
+#: (:mod:`sowa_lib.backbones.cnn`) then read their caches and never download.
+OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1"}
+
+
 class SweepError(RuntimeError):
     """Some jobs still failed after their retries; the others completed and are in the store."""
 
 
 @dataclass
-class _Outcome:
+class Outcome:
+    """One job's result: ``error`` is its traceback, None when it succeeded."""
+
     job: Any
     error: str | None = None
+
+
+def sweep_error(failures: Sequence[Outcome], retries: int, skipped: Sequence[Any] = ()) -> SweepError:
+    """One error listing every failed job (its last error line) and the jobs skipped because of them."""
+    lines = [f"{len(failures)} job(s) failed after {retries} retr{'y' if retries == 1 else 'ies'}:"]
+    lines += [f"- {o.job.describe()}: {_last_error_line(o.error or '')}" for o in failures]
+    if skipped:
+        lines.append(f"{len(skipped)} job(s) not run because the training they need failed:")
+        lines += [f"- {job.describe()}" for job in skipped]
+    return SweepError("\n".join(lines))
+
+
+def worker_environment() -> dict[str, str]:
+    """The driver's :data:`SHARED_PATH_VARIABLES` that are set, plus :data:`OFFLINE_ENVIRONMENT`."""
+    return {**{name: os.environ[name] for name in SHARED_PATH_VARIABLES if os.environ.get(name)}, **OFFLINE_ENVIRONMENT}
 
 
 def _execute(job: Any) -> list[str]:
     from sowa_lib.evaluate import execute_job
 
     return execute_job(job)
+
+
+def _execute_in_worker(job: Any) -> list[str]:
+    """:func:`_execute` in a dedicated worker process (never the driver): offline first, so that the
+    libraries that read the variable at import see it."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    return _execute(job)
+
+
+def _uses_cuda(jobs: Sequence[Any]) -> bool:
+    return any(str(job.profile.device).startswith("cuda") for job in jobs)
 
 
 @dataclass
@@ -41,6 +80,13 @@ class Executor:
     progress: bool = True
 
     def run(self, jobs: Sequence[Any], desc: str = "jobs") -> None:
+        """Run ``jobs``; raise :class:`SweepError` listing those still failing after their retries."""
+        failures = self.attempt(jobs, desc)
+        if failures:
+            raise sweep_error(failures, self.retries)
+
+    def attempt(self, jobs: Sequence[Any], desc: str = "jobs") -> list[Outcome]:
+        """Run ``jobs``, retrying each failed one up to ``retries`` times; return those still failing."""
         pending, failures = list(jobs), []
         for attempt in range(self.retries + 1):
             if not pending:
@@ -48,11 +94,9 @@ class Executor:
             outcomes = self._map(pending, f"{desc}" if attempt == 0 else f"{desc} (retry {attempt})")
             failures = [o for o in outcomes if o.error is not None]
             pending = [o.job for o in failures]
-        if failures:
-            details = "\n".join(f"- {o.job.describe()}: {_last_error_line(o.error)}" for o in failures)
-            raise SweepError(f"{len(failures)} job(s) failed after {self.retries} retr{'y' if self.retries == 1 else 'ies'}:\n{details}")
+        return failures
 
-    def _map(self, jobs: list[Any], desc: str) -> list[_Outcome]:  # pragma: no cover - abstract
+    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -70,7 +114,7 @@ class LocalExecutor(Executor):
 
     jobs: int = 1
 
-    def _map(self, jobs: list[Any], desc: str) -> list[_Outcome]:
+    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:
         bar = tqdm(total=len(jobs), desc=desc, disable=not self.progress or not jobs)
         outcomes = []
         if self.jobs <= 1:
@@ -85,7 +129,7 @@ class LocalExecutor(Executor):
         return outcomes
 
 
-def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[_Outcome]:
+def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[Outcome]:
     """Run each job in a fresh spawned process, ``parallel`` at a time; yield outcomes as they end."""
     context = multiprocessing.get_context("spawn")
     pending, running = list(jobs), {}
@@ -105,76 +149,83 @@ def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[_Outcome]:
             except EOFError:  # the worker died before it could report
                 error = f"WorkerDied: worker process exited with code {process.exitcode}"
             receiver.close()
-            yield _Outcome(job, error)
+            yield Outcome(job, error)
 
 
 def _report(job: Any, sender: connection.Connection) -> None:
-    sender.send(_guarded(job).error)
+    sender.send(_guarded(job, _execute_in_worker).error)
     sender.close()
 
 
-def _guarded(job: Any) -> _Outcome:
+def _guarded(job: Any, execute: Callable[[Any], list[str]] = _execute) -> Outcome:
     try:
-        _execute(job)
-        return _Outcome(job)
+        execute(job)
+        return Outcome(job)
     except Exception:
-        return _Outcome(job, traceback.format_exc())
+        return Outcome(job, traceback.format_exc())
 
 
 @dataclass
 class RayExecutor(Executor):
-    """Ray tasks, one per job, each asking for ``num_cpus``/``num_gpus``. Connects to ``address``
-    (an existing cluster, e.g. ``"auto"`` or ``"ray://head:10001"``) or starts a local instance."""
+    """Ray tasks, one per job, each asking for ``num_cpus``/``num_gpus`` (``None``: 1 GPU when the
+    profile's device is CUDA, else 0). Connects to ``address`` (an existing cluster, e.g. ``"auto"``
+    or ``"ray://head:10001"``) or starts a local instance. Each task runs with
+    :func:`worker_environment` as its ``runtime_env`` variables."""
 
     address: str | None = None
     num_cpus: float = 1
-    num_gpus: float = 0
+    num_gpus: float | None = None
     init_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def _map(self, jobs: list[Any], desc: str) -> list[_Outcome]:
+    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:
         ray = _require("ray", "ray")
         if not ray.is_initialized():
             ray.init(address=self.address, ignore_reinit_error=True, **self.init_kwargs)
-        task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_execute)
+        num_gpus = self.num_gpus if self.num_gpus is not None else float(_uses_cuda(jobs))
+        runtime_env = {"env_vars": worker_environment()}  # merged with the job-level runtime_env's variables
+        task = ray.remote(num_cpus=self.num_cpus, num_gpus=num_gpus, runtime_env=runtime_env)(_execute)
         refs = {task.remote(job): job for job in jobs}
         outcomes = []
         for ref, job in tqdm(refs.items(), desc=desc, disable=not self.progress):
             try:
                 ray.get(ref)
-                outcomes.append(_Outcome(job))
+                outcomes.append(Outcome(job))
             except Exception:
-                outcomes.append(_Outcome(job, traceback.format_exc()))
+                outcomes.append(Outcome(job, traceback.format_exc()))
         return outcomes
 
 
 @dataclass
 class SlurmExecutor(Executor):
     """submitit jobs on SLURM (``cluster="slurm"``), or submitit's local executor (``"local"``) for
-    tests. ``folder`` holds submitit's logs and pickles and must be on a shared file system."""
+    tests. ``folder`` holds submitit's logs and pickles and must be on a shared file system. Jobs
+    inherit the submitting environment (``DATA_ROOT``, ``WEIGHTS_DIR``) and run offline;
+    ``gpus_per_node=None`` asks for 1 GPU when the profile's device is CUDA, else 0."""
 
     folder: str = "results/submitit"
     cluster: str | None = None
     partition: str | None = None
-    gpus_per_node: int = 1
+    gpus_per_node: int | None = None
     cpus_per_task: int = 4
     timeout_min: int = 240
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def _map(self, jobs: list[Any], desc: str) -> list[_Outcome]:
+    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:
         submitit = _require("submitit", "slurm")
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         params: dict[str, Any] = {"timeout_min": self.timeout_min, "cpus_per_task": self.cpus_per_task, **self.extra}
         if executor.cluster == "slurm":
-            params.update(gpus_per_node=self.gpus_per_node, **({"slurm_partition": self.partition} if self.partition else {}))
+            gpus = self.gpus_per_node if self.gpus_per_node is not None else int(_uses_cuda(jobs))
+            params.update(gpus_per_node=gpus, **({"slurm_partition": self.partition} if self.partition else {}))
         executor.update_parameters(**params)
-        handles = executor.map_array(_execute, jobs)
+        handles = executor.map_array(_execute_in_worker, jobs)
         outcomes = []
         for handle, job in tqdm(list(zip(handles, jobs)), desc=desc, disable=not self.progress):
             try:
                 handle.result()
-                outcomes.append(_Outcome(job))
+                outcomes.append(Outcome(job))
             except Exception:
-                outcomes.append(_Outcome(job, traceback.format_exc()))
+                outcomes.append(Outcome(job, traceback.format_exc()))
         return outcomes
 
 
@@ -187,15 +238,31 @@ def _require(module: str, extra: str) -> Any:
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor, "slurm": SlurmExecutor}
 
+#: Options read from the environment when not given (``make reproduce-all EXECUTOR=ray RAY_NUM_GPUS=1``):
+#: option -> (variable, type), per executor and for all of them.
+ENVIRONMENT_OPTIONS: dict[str, dict[str, tuple[str, type]]] = {
+    "all": {"retries": ("RETRIES", int)},
+    "local": {"jobs": ("JOBS", int)},
+    "ray": {"address": ("RAY_ADDRESS", str), "num_gpus": ("RAY_NUM_GPUS", float), "num_cpus": ("RAY_NUM_CPUS", float)},
+    "slurm": {"partition": ("SLURM_PARTITION", str), "gpus_per_node": ("SLURM_GPUS", int), "timeout_min": ("SLURM_TIME_MIN", int)},
+}
+
 
 def get_executor(name: str = "local", **options: Any) -> Executor:
     """``local`` (option ``jobs``), ``ray`` (``address``, ``num_cpus``, ``num_gpus``) or ``slurm``
     (``partition``, ``gpus_per_node``, ``timeout_min``, ``folder``, ``cluster``); all take ``retries``.
-    Options may also come from the environment: ``JOBS``, ``RAY_ADDRESS``, ``SLURM_PARTITION``."""
+    Options not given come from the environment variables of :data:`ENVIRONMENT_OPTIONS`."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
-    env = {"local": {"jobs": "JOBS"}, "ray": {"address": "RAY_ADDRESS"}, "slurm": {"partition": "SLURM_PARTITION"}}[name]
-    for option, var in env.items():
-        if option not in options and os.environ.get(var):
-            options[option] = int(os.environ[var]) if option == "jobs" else os.environ[var]
+    for option, (variable, kind) in {**ENVIRONMENT_OPTIONS["all"], **ENVIRONMENT_OPTIONS[name]}.items():
+        if option not in options and os.environ.get(variable):
+            options[option] = _parse_variable(variable, kind)
     return EXECUTORS[name](**options)
+
+
+def _parse_variable(variable: str, kind: type) -> Any:
+    value = os.environ[variable]
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{variable}={value!r} is not a {kind.__name__}; set it to a plain number or unset it") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,20 +135,30 @@ def prepare(profile: Profile, datasets: list[str] | None = None) -> dict[str, li
     return found
 
 
-def check_weights(profile: Profile, method_names: list[str]) -> None:
-    """Build each method once with ``profile``'s settings so that missing pretrained weights stop
-    the study before it starts, with every missing file listed in one message. The demo profile
-    uses randomly initialised models and needs no weights."""
+#: Constructor options that change which pretrained weights a method loads.
+WEIGHT_OPTIONS = ("backbone", "pretrained", "checkpoint")
+
+
+def check_weights(profile: Profile, method_names: list[str], variants: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+    """Build each method once with ``profile``'s settings, and each ``(method, overrides)`` variant
+    whose overrides change its weights (:data:`WEIGHT_OPTIONS`, e.g. AGPNet's backbone ablation),
+    so that missing pretrained weights stop the study before it starts, with every missing file
+    listed in one message. The demo profile uses randomly initialised models and needs no weights."""
     if profile.name == "demo":
         return
     from sowa_lib import methods
     from sowa_lib.backbones.weights import WeightsNotFoundError
 
+    builds: dict[str, tuple[str, dict[str, Any]]] = {name: (name, {}) for name in method_names}
+    for name, overrides in variants:
+        weights = {k: v for k, v in overrides.items() if k in WEIGHT_OPTIONS}
+        if weights:
+            builds.setdefault(f"{name} {weights}", (name, overrides))
     problems = []
-    for name in method_names:
+    for label, (name, overrides) in builds.items():
         try:
-            methods.build(name, profile=profile.name)
+            methods.build(name, profile=profile.name, **overrides)
         except WeightsNotFoundError as err:
-            problems.append(f"- {name}: {err}")
+            problems.append(f"- {label}: {err}")
     if problems:
         raise ProfileNotReadyError(f"profile {profile.name!r} cannot start; missing pretrained weights:\n" + "\n".join(problems))

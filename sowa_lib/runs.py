@@ -3,7 +3,8 @@
 
 A run is one (profile, dataset, category, method, variant, setting, shots, seed). Its file is
 written to a unique temporary name and renamed into place, so an interrupted sweep never leaves a
-half-written run, two workers never clobber each other, and a rerun skips what exists.
+half-written run, two workers never clobber each other, and a rerun skips what exists. The temporary
+file of a writer killed midway is removed by the next sweep (:func:`remove_orphaned_temporaries`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import platform
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -101,13 +103,55 @@ def _finite_or_none(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def write_run(results_dir: Path, spec: RunSpec, metrics: dict[str, float], **record: Any) -> Path:
-    """Atomically write one run: ``metrics`` (NaN stored as null) plus any JSON-able ``record``
-    fields (``reasons``, ``references``, ``provenance``, ``config``, ``seconds`` ...)."""
+#: A run file is written in milliseconds: a temporary file this old whose writer ran on another host
+#: (where this process cannot tell whether it is alive) is an orphan.
+ORPHAN_AGE_SECONDS = 3600
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.<run>@<host>@<pid>@``: who is writing, so that a sweep can tell an orphan from a live write."""
+    return f".{path.stem}@{socket.gethostname()}@{os.getpid()}@"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _is_orphan(tmp: Path, now: float) -> bool:
+    parts = tmp.name.split("@")
+    if len(parts) == 4 and parts[1] == socket.gethostname() and parts[2].isdigit():
+        return not _process_alive(int(parts[2]))
+    return now - tmp.stat().st_mtime > ORPHAN_AGE_SECONDS
+
+
+def remove_orphaned_temporaries(results_dir: Path) -> list[Path]:
+    """Delete the temporary files of writers that died mid-write (killed, pre-empted, out of memory);
+    live writes of other workers are left alone. Returns the removed paths."""
+    now, removed = time.time(), []
+    for tmp in (Path(results_dir) / "runs").rglob(".*.tmp"):
+        try:
+            if _is_orphan(tmp, now):
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # renamed or removed meanwhile
+            continue
+    return removed
+
+
+def write_run(results_dir: Path, spec: RunSpec, metrics: dict[str, float], *, provenance: dict[str, str], **record: Any) -> Path:
+    """Atomically write one run: ``metrics`` (NaN stored as null), its ``provenance`` (see
+    :func:`provenance`) and any JSON-able ``record`` fields (``reasons``, ``references``, ``config``,
+    ``seconds``, ``aupro_variant`` ...)."""
     path = run_path(results_dir, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"spec": asdict(spec), "metrics": {k: _finite_or_none(v) for k, v in metrics.items()}, **record}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    payload = {"spec": asdict(spec), "metrics": {k: _finite_or_none(v) for k, v in metrics.items()}, "provenance": provenance, **record}
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=1, sort_keys=True, default=str)
@@ -129,15 +173,18 @@ def iter_runs(results_dir: Path) -> Iterable[dict[str, Any]]:
         yield read_run(path)
 
 
+#: Provenance fields copied into every row of :func:`load_results`.
+PROVENANCE_COLUMNS = ["commit", "sowa_lib", "torch", "open_clip", "weights", "created"]
 RESULT_COLUMNS = [
     "profile", "dataset", "category", "method", "variant", "setting", "shots", "seed",
-    "metric", "value", "reason", "commit", "weights", "created",
+    "metric", "value", "reason", "aupro_variant", *PROVENANCE_COLUMNS,
 ]
 
 
 def load_results(results_dir: Path, specs: Iterable[RunSpec] | None = None) -> pd.DataFrame:
     """All runs under ``results_dir`` (or only those of ``specs`` that exist) as one long frame,
-    one row per (run, metric). ``value`` is a fraction in [0, 1] (NaN with ``reason`` where undefined).
+    one row per (run, metric). ``value`` is a fraction in [0, 1] (NaN with ``reason`` where undefined);
+    ``aupro_variant`` and the :data:`PROVENANCE_COLUMNS` say how and with what it was computed.
     """
     if specs is None:
         found = iter_runs(results_dir)
@@ -150,7 +197,7 @@ def load_results(results_dir: Path, specs: Iterable[RunSpec] | None = None) -> p
         for metric, value in run["metrics"].items():
             rows.append({
                 **run["spec"], "metric": metric, "value": math.nan if value is None else value,
-                "reason": reasons.get(metric, ""), "commit": prov.get("commit", ""),
-                "weights": prov.get("weights", ""), "created": prov.get("created", ""),
+                "reason": reasons.get(metric, ""), "aupro_variant": run.get("aupro_variant", ""),
+                **{column: prov.get(column, "") for column in PROVENANCE_COLUMNS},
             })
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from sowa_lib import methods
-from sowa_lib.backbones.cnn import tiny_resnet
+from sowa_lib.backbones.cnn import TappedCNN, _resnet_stages, tiny_resnet
 from sowa_lib.data.transforms import NORMALIZATION, image_to_tensor, mask_to_tensor
 from sowa_lib.methods.baselines import PaDiM, PatchCore, adaptive_pool_matrix, greedy_coreset
 
@@ -237,6 +238,25 @@ def test_demo_profile_on_demo_images_gives_finite_metrics(name):
     assert pred.maps.shape == (4, size, size)
     values = metrics.category_metrics(pred.scores, torch.tensor([0, 0, 1, 1]), pred.maps, masks)
     assert all(np.isfinite(v) for v in values.values())
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_config_names_the_backbone_weights_actually_loaded(name):
+    """V1 vs V2 of WRN-50-2 give different numbers (spec §4.4 item 8): the config says which."""
+    assert build(name).config()["pretrained"] == "tiny_resnet(seed=0):random"
+    stand_in = torchvision.models.resnet18()  # WRN-50-2's taps, without its 270 MB of weights
+    v2 = TappedCNN(_resnet_stages(stand_in), arch="wide_resnet50_2", weights="IMAGENET1K_V2")
+    options = {"n_features": 10} if name == "padim" else {}
+    assert methods.build(name, backbone=v2, image_size=SIZE, **options).config()["pretrained"] == "wide_resnet50_2:IMAGENET1K_V2"
+
+
+def test_runs_record_the_backbone_weights(demo_study):
+    from sowa_lib import runs
+    from sowa_lib.evaluate import Plan, run_plan
+
+    run_plan(Plan("patchcore", "few_shot", ("demo_a",), shots=(1,), seeds=(0,), categories=("brick",)), demo_study, progress=False)
+    (record,) = runs.iter_runs(demo_study.run_dir)
+    assert record["provenance"]["weights"] == record["config"]["pretrained"] == "tiny_resnet(seed=0):random"
 
 
 def test_padim_and_patchcore_accept_a_backbone_object():

@@ -131,3 +131,21 @@ def test_weights_dir_is_where_every_worker_reads_checkpoints(tmp_path, monkeypat
     assert torch.equal(state["w"], torch.arange(3.0))
     with pytest.raises(cnn.WeightsNotFoundError, match=str(tmp_path / "torch" / "absent.pth")):
         cnn._load_state_dict("https://example.invalid/weights/absent.pth", None, "test")
+
+
+def test_offline_worker_raises_instead_of_downloading(tmp_path, monkeypatch):
+    def download(*args, **kwargs):
+        raise AssertionError("an offline worker must not download")
+
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
+    with pytest.raises(cnn.WeightsNotFoundError, match=r"absent\.pth is missing and downloads are off"):
+        cnn._load_state_dict("https://example.invalid/weights/absent.pth", None, "test")
+
+
+def test_weights_id_names_architecture_and_weights(tiny):
+    assert tiny.weights_id == "tiny_resnet(seed=0):random"
+    model = torchvision.models.resnet18()
+    v2 = cnn.TappedCNN(cnn._resnet_stages(model), arch="wide_resnet50_2", weights="IMAGENET1K_V2")
+    assert v2.weights_id == "wide_resnet50_2:IMAGENET1K_V2"

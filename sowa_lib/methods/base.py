@@ -101,6 +101,12 @@ class AnomalyMethod(nn.Module):
         """Constructor options that define this variant (recorded with every run)."""
         return dict(getattr(self, "_config", {}))
 
+    def plain_config(self) -> dict[str, Any]:
+        """:meth:`config` as JSON and weights-only checkpoints can hold it: objects passed as options
+        (a built backbone, a model in memory) by their ``repr``."""
+        plain = (int, float, str, bool, type(None), list, tuple)
+        return {k: v if isinstance(v, plain) else repr(v) for k, v in self.config().items()}
+
     @property
     def device(self) -> torch.device:
         for tensor in (*self.parameters(), *self.buffers()):

@@ -106,6 +106,11 @@ class CNNBaseline(AnomalyMethod):
     def remember(self, images: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def config(self) -> dict[str, Any]:
+        """The constructor options, with ``pretrained`` resolved to the weights actually loaded
+        (``"wide_resnet50_2:IMAGENET1K_V1"``: architecture and torchvision enum, V1 or V2)."""
+        return {**super().config(), "pretrained": self.backbone.weights_id}
+
     def smooth_maps(self, patch_maps: torch.Tensor) -> torch.Tensor:
         """``[N, h, w]`` feature-grid scores -> ``[N, S, S]``: bilinear (align_corners=False) upsampling
         to the input size, then the Gaussian blur (all three reference codes)."""
