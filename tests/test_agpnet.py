@@ -2,6 +2,7 @@
 shapes, training in every setting, resume after interruption, determinism, ablation options."""
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch import nn
 from sowa_lib import metrics, methods
 from sowa_lib.backbones.weights import WeightsNotFoundError
 from sowa_lib.backbones.dino import TINY_DINO, explicit_attention, load_dino
+from sowa_lib.data import demo
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
 from sowa_lib.methods import agpnet
@@ -153,6 +155,29 @@ def test_ema_update_on_a_toy_module() -> None:
     torch.testing.assert_close(student.weight, torch.tensor([[1.0, 2.0]]))  # the student is untouched
 
 
+def test_paper_training_defaults() -> None:
+    defaults = {name: p.default for name, p in inspect.signature(AGPNet.__init__).parameters.items()}
+    assert (defaults["ema_momentum"], defaults["ema_every"], defaults["lr_decay_fraction"]) == (0.9999, 10, 0.4)
+    assert (defaults["few_shot_folds"], defaults["batch_size"], defaults["epochs"], defaults["decoder_depth"]) == (32, 32, 500, 4)
+
+
+def test_teacher_follows_every_ema_every_steps_inside_training(dataset, monkeypatch) -> None:
+    calls = []
+    real_update = agpnet.ema_update
+
+    def recording_update(teacher, student, momentum):
+        calls.append(momentum)
+        real_update(teacher, student, momentum)
+
+    monkeypatch.setattr(agpnet, "ema_update", recording_update)
+    model = tiny(epochs=3, batch_size=2, ema_every=4, ema_momentum=0.5)
+    log = model.fit(dataset["train"][:6], progress=False)  # 3 batches × 3 epochs = 9 steps
+    assert log["steps"] == 9 and len(calls) == log["steps"] // 4 and calls == [0.5, 0.5]  # after steps 4 and 8
+    calls.clear()
+    tiny(epochs=3, batch_size=2, ema_every=4, mean_teacher=False).fit(dataset["train"][:6], progress=False)
+    assert calls == []
+
+
 # ------------------------------------------------------------------------------- equations
 
 
@@ -240,8 +265,8 @@ def _clean_loss(model: AGPNet, images: torch.Tensor) -> float:
 
 
 def _finite_metrics(model: AGPNet, test: list[Sample]) -> None:
-    pred = model.predict(load_images(test, SIZE, model.normalization), "stripes")
-    values = metrics.category_metrics(pred.scores, torch.tensor([s.label for s in test]), pred.maps, load_masks(test, SIZE))
+    pred = model.predict(load_images(test, model.image_size, model.normalization), test[0].category)
+    values = metrics.category_metrics(pred.scores, torch.tensor([s.label for s in test]), pred.maps, load_masks(test, model.image_size))
     assert all(math.isfinite(v) for v in values.values())
 
 
@@ -256,11 +281,21 @@ def test_fit_lowers_the_loss_and_gives_finite_metrics(setting: str, dataset) -> 
     _finite_metrics(model, dataset["test"])
 
 
-def test_few_shot_trains_inside_set_references(dataset) -> None:
+@pytest.mark.parametrize("shots", [1, 2, 4])
+def test_few_shot_trains_inside_set_references(shots: int, dataset, monkeypatch) -> None:
     model = tiny(setting="few_shot", epochs=2)
-    references = load_images(dataset["train"][:2], SIZE, "imagenet")
+    references = load_images(dataset["train"][:shots], SIZE, "imagenet")
+    trained_on = []
+    real_train = AGPNet.train_on_images
+
+    def recording_train(self, images, *args, **kwargs):
+        trained_on.append(len(images))
+        return real_train(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(AGPNet, "train_on_images", recording_train)
     before = _clean_loss(model, references)
     model.set_references(references, "stripes")
+    assert trained_on == [4 * shots]  # few_shot_folds=4 views of each reference
     assert _clean_loss(model, references) < before
     _finite_metrics(model, dataset["test"])
     first = model.trainable_state_dict()
@@ -272,12 +307,8 @@ def test_few_shot_trains_inside_set_references(dataset) -> None:
         tiny().set_references(references, "stripes")
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path: Path, monkeypatch) -> None:
-    train = dataset["train"][:6]  # batches of 4 and 2
-    uninterrupted = tiny(epochs=3)
-    uninterrupted.fit(train, checkpoint_dir=tmp_path / "full", progress=False)
-
-    interrupted = tiny(epochs=3)
+def _interrupt_after_first_epoch(train, monkeypatch) -> None:
+    """Run ``train()`` until the checkpoint of epoch 1 is written, then stop it as a crash would."""
     real_save = AGPNet._save
 
     def save_then_stop(self, path, optimizer, generator, state, n_images, epochs):
@@ -287,14 +318,45 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path
 
     monkeypatch.setattr(AGPNet, "_save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        interrupted.fit(train, checkpoint_dir=tmp_path / "cut", progress=False)
+        train()
     monkeypatch.setattr(AGPNet, "_save", real_save)
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path: Path, monkeypatch) -> None:
+    train = dataset["train"][:6]  # batches of 4 and 2
+    uninterrupted = tiny(epochs=3)
+    uninterrupted.fit(train, checkpoint_dir=tmp_path / "full", progress=False)
+    _interrupt_after_first_epoch(lambda: tiny(epochs=3).fit(train, checkpoint_dir=tmp_path / "cut", progress=False), monkeypatch)
     resumed = tiny(epochs=3)
     log = resumed.fit(train, checkpoint_dir=tmp_path / "cut", progress=False)
     assert len(log["loss"]) == 3 and log["steps"] == 6
     expected = uninterrupted.trainable_state_dict()
     for key, value in resumed.trainable_state_dict().items():
         torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0)
+
+
+def test_few_shot_training_resumes_from_its_checkpoint_dir(dataset, tmp_path: Path, monkeypatch) -> None:
+    references = load_images(dataset["train"][:2], SIZE, "imagenet")
+    uninterrupted = tiny(setting="few_shot", epochs=3)
+    uninterrupted.set_references(references, "stripes")
+    _interrupt_after_first_epoch(lambda: tiny(setting="few_shot", epochs=3).set_references(references, "stripes", checkpoint_dir=tmp_path), monkeypatch)
+    assert torch.load(tmp_path / agpnet.CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    resumed = tiny(setting="few_shot", epochs=3)
+    resumed.set_references(references, "stripes", checkpoint_dir=tmp_path)
+    expected = uninterrupted.trainable_state_dict()
+    for key, value in resumed.trainable_state_dict().items():
+        torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0)
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(dataset, tmp_path: Path) -> None:
+    train = dataset["train"][:4]
+    tiny(epochs=2).fit(train, checkpoint_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / agpnet.CHECKPOINT_NAME, weights_only=True)
+    assert saved["config"] == tiny(epochs=2).plain_config()
+    with pytest.raises(ValueError, match=r"another AGPNet configuration.*\['noise_gamma'\].*delete"):
+        tiny(epochs=2, noise_gamma=2.0).fit(train, checkpoint_dir=tmp_path, progress=False)
+    log = tiny(epochs=2).fit(train, checkpoint_dir=tmp_path, progress=False)  # the same options resume (nothing left)
+    assert log["loss"] == saved["loss"]
 
 
 def test_training_is_deterministic(dataset) -> None:
@@ -311,7 +373,8 @@ def test_training_is_deterministic(dataset) -> None:
 
 @pytest.mark.parametrize("options", [
     {"mask_source": "prior"}, {"mask_source": "teacher"}, {"mean_teacher": False},
-    {"feature_noise": "random", "image_noise": "random"}, {"feature_noise_scale": 1.5}, {"distance": "l2"},
+    {"feature_noise": "random", "image_noise": "random"}, {"image_noise": "random", "random_image_region": "whole"},
+    {"feature_noise_scale": 1.5}, {"distance": "l2"},
     {"taps": (3,), "attention_blocks": (3,)},
 ])
 def test_every_ablation_trains_one_epoch(options: dict, dataset) -> None:
@@ -349,3 +412,59 @@ def test_invalid_options_are_rejected() -> None:
         tiny(mask_source="decoder")
     with pytest.raises(ValueError, match="setting"):
         tiny(setting="zero_shot")
+
+
+def test_whole_image_random_noise_covers_every_pixel() -> None:
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.Size((2, 16))
+    whole = tiny(image_noise="random", random_image_region="whole")._image_region(None, tokens, 0.6, generator)
+    assert whole.shape == (2, SIZE, SIZE) and torch.equal(whole, torch.ones(2, SIZE, SIZE))
+    area = tiny(image_noise="random")._image_region(None, tokens, 0.6, generator)
+    assert area.sum(dim=(1, 2)).tolist() == [round(0.6 * SIZE * SIZE)] * 2
+    with pytest.raises(ValueError, match="random_image_region"):
+        tiny(random_image_region="everywhere")
+
+
+def test_decoder_mlp_ratio_sets_the_parameter_count() -> None:
+    dim, tokens, depth = 32, 16, 2
+    for ratio in (4.0, 2.0):
+        hidden = int(dim * ratio)
+        per_block = 2 * dim + (3 * dim * dim + 3 * dim) + (dim * dim + dim) + 2 * dim + (dim * hidden + hidden) + (hidden * dim + dim)
+        model = tiny(decoder_dim=dim, decoder_heads=4, decoder_depth=depth, decoder_mlp_ratio=ratio)
+        width = model.extractor.width  # tiny-dino is wider than the decoder: linear in/out projections
+        assert isinstance(model.decoder.in_proj, nn.Linear) and width != dim
+        projections = (width * dim + dim) + (dim * width + width)
+        assert sum(p.numel() for p in model.decoder.parameters()) == tokens * dim + depth * per_block + projections
+
+
+def test_unstated_values_are_read_from_the_code() -> None:
+    rows = agpnet.unstated_values()
+    defaults = inspect.signature(AGPNet.__init__).parameters
+    assert {r.tag for r in rows} <= set(agpnet.TAGS) and len({r.name for r in rows}) == len(rows)
+    for name in agpnet.UNSTATED_OPTIONS:
+        assert next(r.value for r in rows if r.name == name) == defaults[name].default
+    assert next(r.value for r in rows if r.name == "taps (ViT)") == agpnet.DEFAULT_VIT_TAPS
+    assert {"image_size", "gaussian_sigma", "score_pool", "weight_decay", "distance"} <= {r.name for r in rows if r.tag == "V"}
+
+
+# ------------------------------------------------------------------------------- demo benchmark
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["multi_class", "one_class", "few_shot"])
+def test_demo_profile_trains_on_a_demo_category(setting: str, demo_data: Path) -> None:
+    """The demo profile's own schedule on one category of the embedded benchmark lowers the loss."""
+    root = demo_data / "demo_a"
+    category = demo.categories(root)[0]
+    train, test = demo.load(root, category, "train"), demo.load(root, category, "test")
+    model = methods.build("agpnet", profile="demo", setting=setting)
+    images = load_images(train[:2] if setting == "few_shot" else train, model.image_size, model.normalization)
+    before = _clean_loss(model, images)
+    if setting == "few_shot":
+        model.set_references(images, category)
+    else:
+        log = model.fit(train, progress=False)
+        assert len(log["loss"]) == model.epochs and all(map(math.isfinite, log["loss"]))
+    model.eval()
+    assert _clean_loss(model, images) < before
+    _finite_metrics(model, test)

@@ -16,11 +16,21 @@ Perturbation branch (training only), spec §2:
     F̃ = F + λ(t)·γ·Norm(A) ⊙ ε,  ε ~ N(0, I)            eq. 4 [P]; λ: 0 → 1 over epochs 1–400 of 500 [P]
     x̃ = x + σ_img·top_r(up(A)) ⊙ ε′                      r: 0.6 → 1 over epochs 100–400 [P]; σ_img = 1 [?]
     L = L_f + L_if = d(Dec(F̃), F) + d(Dec(F̃(x̃)), F)    eqs. 6–7 [P]; d = flat 1 − cos per sample [V]
+
+Every [V] and [?] value is listed, with its current value, by :func:`unstated_values` (notebook 03).
+
+Efficiency (Table 9: 4.42 M learnable parameters, 5.63 GFLOPs): the spec's decoder, 4 ViT-S blocks
+(dim 384) at the timm/ViTAD MLP ratio 4 [V], has 4 × 1.77 M + 0.1 M (position embedding) = 7.2 M
+parameters and 3.6 GFLOPs at 256 px; the paper's count fits no documented configuration (MLP ratio
+≈ 5/3 would give 4.44 M, 3 blocks 5.4 M). ``decoder_mlp_ratio`` is an option so the count can be
+matched; the default stays the spec's 4.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -41,8 +51,11 @@ from sowa_lib.training import atomic_torch_save
 
 SETTINGS = ("multi_class", "one_class", "few_shot")
 NOISE_TYPES = ("attention", "random", "none")
+RANDOM_IMAGE_REGIONS = ("area", "whole")
 MASK_SOURCES = ("both", "prior", "teacher")
 CHECKPOINT_NAME = "last.pt"
+#: ViTAD's learning-rate rule [V]: ``BASE_LR × batch_size / LR_REFERENCE_BATCH``.
+BASE_LR, LR_REFERENCE_BATCH = 1e-4, 8
 
 # ------------------------------------------------------------------------------- schedules (§2–3)
 # Epochs are 1-based. Every schedule is a function of (epoch, total epochs) with its breakpoints as
@@ -325,7 +338,8 @@ class AGPNet(AnomalyMethod):
     few-shot (training on the K references inside :meth:`set_references`).
 
     Every ablation of the paper is an option: ``feature_noise`` / ``image_noise`` ∈ {"attention",
-    "random", "none"} (Table 5), ``feature_noise_scale`` fixed λ ∈ {0.5, 1.0, 1.5} vs the schedule
+    "random", "none"} (Table 5; ``random_image_region`` says what image-level "random" noises),
+    ``feature_noise_scale`` fixed λ ∈ {0.5, 1.0, 1.5} vs the schedule
     (None; Table 7), ``mask_source`` ∈ {"both", "prior", "teacher"} (Table 7 B/L/D), ``taps`` (Table 8),
     ``mean_teacher`` (Table 8), ``backbone`` (Table 6: DINO ViT-S, CLIP ViT-B ``"ViT-B-16"``,
     ``"wide_resnet50_2"``, ``"efficientnet_b4"``).
@@ -359,6 +373,7 @@ class AGPNet(AnomalyMethod):
         decoder_depth: int = 4,
         decoder_dim: int | None = None,
         decoder_heads: int | None = None,
+        decoder_mlp_ratio: float = 4.0,
         epochs: int = 500,
         batch_size: int = 32,
         lr: float | None = None,
@@ -369,6 +384,7 @@ class AGPNet(AnomalyMethod):
         feature_noise_scale: float | None = None,
         noise_gamma: float = 1.0,
         image_noise_std: float = 1.0,
+        random_image_region: str = "area",
         mask_source: str = "both",
         mean_teacher: bool = True,
         ema_momentum: float = 0.9999,
@@ -388,11 +404,16 @@ class AGPNet(AnomalyMethod):
         image_size: 256 [V]. taps: 0-based blocks (2, 5, 8, 11) [V-style, ?]; attention_blocks: whose
             CLS attention forms the prior, default the taps ("the associated attention maps") [P].
         decoder_depth 4 [P]; decoder_dim / decoder_heads: default the extractor's width / heads
-            (384 / 6 for ViT-S [P]; CNNs: 384 / 6 [?]).
-        epochs 500, batch_size 32 [P]; lr: default 1e-4·batch/8 [V]; weight_decay 1e-4 [V];
+            (384 / 6 for ViT-S [P]; CNNs: 384 / 6 [?]); decoder_mlp_ratio 4 [V] (module docstring:
+            why the parameter count exceeds the paper's 4.42 M).
+        epochs 500, batch_size 32 [P]; lr: default ``BASE_LR``·batch/``LR_REFERENCE_BATCH`` [V]; weight_decay 1e-4 [V];
             lr × 0.1 after ``lr_decay_fraction`` of the epochs (200/500) [P].
         feature_noise_scale: None = the 0 → 1 schedule [P]; a float fixes λ (Table 7 ablation).
         noise_gamma γ = 1 [?]; image_noise_std = 1 in normalised pixel units [?].
+        random_image_region: where ``image_noise="random"`` adds noise (spec §2: "the same noise with a
+            uniform mask"). "area" [?]: a uniformly random region of the attention region's area r(t),
+            so that only *where* differs from "attention"; "whole": every pixel (an all-ones mask,
+            as feature-level "random" uses).
         mask_source "both" [P best]; mean_teacher True, ema_momentum 0.9999, ema_every 10 steps [P].
         distance "cosine" [V] or "l2"; gaussian_sigma 4 [V]; score_pool 16 (stride 1) [V].
         few_shot_folds 32 [P]; few_shot_epochs: default ``epochs`` (the paper gives none for few-shot) [?].
@@ -401,6 +422,7 @@ class AGPNet(AnomalyMethod):
         super().__init__()
         for option, value, allowed in (("setting", setting, SETTINGS), ("feature_noise", feature_noise, NOISE_TYPES),
                                        ("image_noise", image_noise, NOISE_TYPES), ("mask_source", mask_source, MASK_SOURCES),
+                                       ("random_image_region", random_image_region, RANDOM_IMAGE_REGIONS),
                                        ("distance", distance, ("cosine", "l2"))):
             check_choice(option, value, allowed)
         self.setting, self.image_size, self.seed = setting, image_size, seed
@@ -408,12 +430,13 @@ class AGPNet(AnomalyMethod):
         self.decoder_shape = dict(
             feature_dim=self.extractor.width, tokens=self.extractor.grid_size ** 2,
             dim=decoder_dim or (self.extractor.width if self.extractor.num_heads else 384),
-            depth=decoder_depth, heads=decoder_heads or self.extractor.num_heads or 6,
+            depth=decoder_depth, heads=decoder_heads or self.extractor.num_heads or 6, mlp_ratio=decoder_mlp_ratio,
         )
         self.epochs, self.batch_size, self.weight_decay, self.lr_decay_fraction = epochs, batch_size, weight_decay, lr_decay_fraction
-        self.lr = lr if lr is not None else 1e-4 * batch_size / 8
+        self.lr = lr if lr is not None else BASE_LR * batch_size / LR_REFERENCE_BATCH
         self.feature_noise, self.image_noise, self.mask_source = feature_noise, image_noise, mask_source
         self.feature_noise_scale, self.noise_gamma, self.image_noise_std = feature_noise_scale, noise_gamma, image_noise_std
+        self.random_image_region = random_image_region
         self.mean_teacher, self.ema_momentum, self.ema_every = mean_teacher, ema_momentum, ema_every
         self.distance, self.gaussian_sigma, self.score_pool = distance, gaussian_sigma, score_pool
         self.few_shot_folds, self.few_shot_epochs = few_shot_folds, few_shot_epochs or epochs
@@ -487,8 +510,7 @@ class AGPNet(AnomalyMethod):
 
             inputs = [perturb_features(target)]
             if self.image_noise != "none":
-                scores = mask if self.image_noise == "attention" else torch.rand(tokens, generator=generator, device=target.device)
-                region = self._image_region(scores, image_noise_ratio(epoch, total_epochs))
+                region = self._image_region(mask, tokens, image_noise_ratio(epoch, total_epochs), generator)
                 noise = torch.randn(images.shape, generator=generator, device=images.device)
                 noisy_target, _ = self.extractor(images + self.image_noise_std * region.unsqueeze(1) * noise, with_prior=False)
                 inputs.append(perturb_features(noisy_target))
@@ -502,11 +524,15 @@ class AGPNet(AnomalyMethod):
             return torch.ones(tokens, device=generator.device)
         return None
 
-    def _image_region(self, token_scores: torch.Tensor, ratio: float) -> torch.Tensor:
-        """Token scores ``[N, T]`` upsampled bilinearly to the image and binarised keeping the top
-        ``ratio`` of pixels [P] -> float ``[N, S, S]``. For "random" the scores are uniform noise, so
-        a random region of the same area is noised [?]."""
-        upsampled = ops.resize_maps(ops.tokens_to_grid(token_scores), self.image_size, align_corners=True)
+    def _image_region(self, mask: torch.Tensor | None, tokens: torch.Size, ratio: float, generator: torch.Generator) -> torch.Tensor:
+        """Where the image noise goes, float ``[N, S, S]``: the attention mask ``[N, T]`` upsampled
+        bilinearly to the image and binarised keeping the top ``ratio`` of pixels [P]. For "random"
+        (``random_image_region``): uniform random token scores in its place, so a random region of the
+        same area is noised ("area" [?]), or every pixel ("whole")."""
+        if self.image_noise == "random" and self.random_image_region == "whole":
+            return torch.ones(tokens[0], self.image_size, self.image_size, device=generator.device)
+        scores = mask if self.image_noise == "attention" else torch.rand(tokens, generator=generator, device=generator.device)
+        upsampled = ops.resize_maps(ops.tokens_to_grid(scores), self.image_size, align_corners=True)
         return top_ratio_mask(upsampled, ratio).float()
 
     # ------------------------------------------------------------------ training (§3)
@@ -527,8 +553,12 @@ class AGPNet(AnomalyMethod):
         images = load_images(normal, self.image_size, self.normalization)
         return self.train_on_images(images, self.epochs, checkpoint_dir=checkpoint_dir, progress=progress)
 
-    def set_references(self, images: torch.Tensor, category: str) -> None:
-        """Few-shot: a fresh decoder trained on the 32-fold rotate/flip augmented K references [P]."""
+    def set_references(self, images: torch.Tensor, category: str, *, checkpoint_dir: Path | None = None) -> None:
+        """Few-shot: a fresh decoder trained on the 32-fold rotate/flip augmented K references [P].
+
+        ``checkpoint_dir``: where this training keeps its epoch checkpoint and resumes from it, as
+        :meth:`fit`. The caller gives one folder per (dataset, category, K, reference-draw seed):
+        the checkpoint only checks the image count and :meth:`config`, not which images they are."""
         if self.setting != "few_shot":
             if len(images):
                 raise ValueError(f"AGPNet built with setting={self.setting!r} takes no references; use setting='few_shot'")
@@ -536,14 +566,16 @@ class AGPNet(AnomalyMethod):
         if not len(images):
             raise ValueError("few-shot AGPNet needs K >= 1 reference images")
         self.reset_decoder()
-        self.train_on_images(rotate_flip_augment(images.cpu(), self.few_shot_folds), self.few_shot_epochs, progress=False)
+        self.train_on_images(rotate_flip_augment(images.cpu(), self.few_shot_folds), self.few_shot_epochs,
+                             checkpoint_dir=checkpoint_dir, progress=False)
 
     def train_on_images(
         self, images: torch.Tensor, epochs: int, *, checkpoint_dir: Path | None = None, progress: bool = True
     ) -> dict[str, Any]:
         """AdamW over ``epochs`` epochs of shuffled batches; the EMA teacher follows every
         ``ema_every`` steps. After each epoch decoder, teacher, optimiser, epoch, step counter and
-        RNG state are written atomically, so a resumed run continues bit for bit."""
+        RNG state are written atomically (with :meth:`config`), so a resumed run continues bit for bit;
+        a checkpoint written by another configuration is refused."""
         device = self.device
         optimizer = torch.optim.AdamW(self.decoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator(device=device).manual_seed(self.seed)
@@ -574,8 +606,8 @@ class AGPNet(AnomalyMethod):
 
     def _save(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict, n_images: int, epochs: int) -> None:
         atomic_torch_save({
-            "model": self.trainable_state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(), "n_images": n_images, "epochs": epochs, **state,
+            "model": self.trainable_state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+            "n_images": n_images, "epochs": epochs, "config": self.plain_config(), **state,
         }, path)
 
     def _resume(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, n_images: int, epochs: int) -> dict:
@@ -583,7 +615,72 @@ class AGPNet(AnomalyMethod):
         if (saved["n_images"], saved["epochs"]) != (n_images, epochs):
             raise ValueError(f"{path} was written for {saved['n_images']} images / {saved['epochs']} epochs, "
                              f"not {n_images} / {epochs}; delete it to start over")
+        config, saved_config = self.plain_config(), saved.get("config", {})
+        if saved_config != config:
+            differ = sorted(k for k in {*config, *saved_config} if saved_config.get(k) != config.get(k))
+            raise ValueError(f"{path} was written by another AGPNet configuration (options that differ: {differ}); "
+                             f"delete {path.parent} to start over, or resume with the options it was written with")
         self.load_trainable_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"].cpu())
         return {"epoch": saved["epoch"], "step": saved["step"], "loss": list(saved["loss"])}
+
+
+# ----------------------------------------------------------- values the paper does not state
+
+
+@dataclass(frozen=True)
+class UnstatedValue:
+    """One value the AGPNet paper does not state; ``tag`` is a key of :data:`TAGS`."""
+
+    name: str
+    value: Any
+    tag: str
+    note: str
+
+
+TAGS = {"V": "inherited from ViTAD, not stated in the AGPNet paper", "?": "our choice (the paper and ViTAD are silent)"}
+
+#: Constructor options whose default is [V] or [?]: option -> (tag, note). Their values are read from
+#: the signature, so this table cannot drift from the code.
+UNSTATED_OPTIONS: dict[str, tuple[str, str]] = {
+    "image_size": ("V", "input size in px; a 16×16 token grid at patch 16"),
+    "decoder_mlp_ratio": ("V", "timm ViT block default, as ViTAD's decoder; more parameters than Table 9 counts (module docstring)"),
+    "weight_decay": ("V", "AdamW weight decay"),
+    "noise_gamma": ("?", "γ of eq. 4, on top of the λ(t) schedule"),
+    "image_noise_std": ("?", "σ of the image-level Gaussian noise, in normalised pixel units"),
+    "random_image_region": ("?", "image-level 'random' noise: a random region of the attention region's area ('whole': every pixel)"),
+    "distance": ("V", "per-token anomaly distance, 1 − cos ('l2' option)"),
+    "gaussian_sigma": ("V", "σ of the Gaussian smoothing of the upsampled map"),
+    "score_pool": ("V", "average-pooling window (stride 1) whose maximum is the image score"),
+    "few_shot_epochs": ("?", "None = epochs; the paper gives no few-shot schedule"),
+}
+
+
+def unstated_values() -> list[UnstatedValue]:
+    """Every [V] (inherited from ViTAD) and [?] (our choice) value of this implementation, read from
+    the constructor defaults and module constants the code uses (spec ``agpnet``: "label each such
+    value in code and notebooks"); fixed behaviours are described in words."""
+    defaults = inspect.signature(AGPNet.__init__).parameters
+    options = [UnstatedValue(name, defaults[name].default, tag, note) for name, (tag, note) in UNSTATED_OPTIONS.items()]
+    constants = [
+        UnstatedValue("taps (ViT)", DEFAULT_VIT_TAPS, "?", "0-based blocks (1-based 3/6/9/12): 'shallow + deep' of Table 8"),
+        UnstatedValue("taps (CNN)", DEFAULT_CNN_TAPS, "?", "stages at strides 4/8/16 for the CNN backbone ablation"),
+        UnstatedValue("lr", f"{BASE_LR:g} × batch_size / {LR_REFERENCE_BATCH}", "V", "initial AdamW learning rate"),
+        UnstatedValue("CLIP ViT-B weights", f"{CLIP_VIT_B} / {CLIP_PRETRAINED}", "?", "Table 6 does not name the checkpoint"),
+    ]
+    behaviours = [
+        UnstatedValue("decoder layout", "learnable position embedding, no CLS, no final norm", "V", "ReconstructionDecoder"),
+        UnstatedValue("training loss", "1 − cos of whole flattened samples", "V", "flat_cosine_loss"),
+        UnstatedValue("map upsampling", "bilinear, align_corners=True", "V", "AGPNet.predict"),
+        UnstatedValue("target LayerNorms", "no affine parameters", "?", "layer_norm_sum: a learnable scale could shrink the target"),
+        UnstatedValue("mask combination", "mean of the min-max normalised prior and teacher masks", "?", "AGPNet.attention_mask"),
+        UnstatedValue("teacher mask", "attention each token receives, mean over queries, heads, blocks", "?",
+                      "ReconstructionDecoder.attention_received: the decoder has no CLS token"),
+        UnstatedValue("few-shot augmentation", "folds/2 rotations by 720°/folds, each with and without h-flip; corners 0", "?",
+                      "rotate_flip_augment"),
+        UnstatedValue("CNN target", "stages pooled to the /16 grid, LayerNorm-ed, concatenated", "?", "backbone ablation (Table 6)"),
+        UnstatedValue("CNN prior", "activation attention: channel mean of squared activations, min-max, mean over stages", "?",
+                      "backbone ablation (Table 6): a CNN has no self-attention"),
+    ]
+    return options + constants + behaviours
