@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from sowa_lib.backbones.clip import load_clip
 from sowa_lib.data import demo
 from sowa_lib.data.augment import group_by_defect
 from sowa_lib.data.references import draw_references
-from sowa_lib.data.transforms import load_images, load_masks
+from sowa_lib.data.transforms import load_images, load_masks, mask_to_tensor
 from sowa_lib.methods import build
 from sowa_lib.methods.base import Prediction
 from sowa_lib.methods.fewshot import MAP_MAX, TEXT_SCORE
@@ -108,7 +109,7 @@ def test_shifted_window_mask_separates_wrapped_regions() -> None:
 
 
 def _reference_window_attention(attn: nn.MultiheadAttention, x: torch.Tensor, heads: int, value_only: bool,
-                                scale: float, bias: torch.Tensor, in_proj_bias: bool = False) -> torch.Tensor:
+                                scale: float, bias: torch.Tensor, in_proj_bias: bool = False, out_proj: bool = True) -> torch.Tensor:
     """A literal per-head loop of spec §1.3 step 3 for one window ``[N, C]``."""
     c = x.shape[-1]
     d = c // heads
@@ -121,7 +122,8 @@ def _reference_window_attention(attn: nn.MultiheadAttention, x: torch.Tensor, he
         left, right = (v[:, sl], v[:, sl]) if value_only else (q[:, sl], k[:, sl])
         cos = torch.nn.functional.cosine_similarity(left[:, None, :], right[None, :, :], dim=-1)
         outs.append(torch.softmax(cos * scale + bias[h], dim=-1) @ v[:, sl])
-    return torch.cat(outs, dim=-1) @ attn.out_proj.weight.T + attn.out_proj.bias
+    out = torch.cat(outs, dim=-1)
+    return out @ attn.out_proj.weight.T + attn.out_proj.bias if out_proj else out
 
 
 @pytest.mark.parametrize("value_only, in_proj_bias", [(True, False), (False, False), (True, True), (False, True)])
@@ -135,6 +137,47 @@ def test_frozen_window_attention_matches_per_head_loop(value_only: bool, in_proj
     for w in range(3):
         expected = _reference_window_attention(attn, x[w], 2, value_only, 10.0, bias, in_proj_bias)
         assert torch.allclose(out[w], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("switch, removed_params", [
+    ({"logit_scale": "fixed"}, 2),  # the per-head scale: 2 heads
+    ({"position_bias": "none"}, 2 * 8 + 8 + 8 * 2),  # the cpb MLP 2 -> 8 -> 2 heads
+    ({"position_bias": "table"}, 2 * 8 + 8 + 8 * 2 - 3 * 3 * 2),  # replaced by a (2w-1)² x heads table
+    ({"out_proj": False}, 0),  # out_proj is frozen: no trainable parameter changes
+])
+def test_window_attention_switches_by_per_head_loop(switch: dict, removed_params: int) -> None:
+    """§5.4.4 switches: each variant equals the per-head loop with that piece changed."""
+    attn = _frozen_attention(width=16, heads=4)
+    base = dict(num_heads=2, cpb_hidden=8, attn_drop=0.0)
+    default = FrozenWindowAttention(attn, window=2, options=WindowOptions(**base))
+    fwa = FrozenWindowAttention(attn, window=2, options=WindowOptions(**base, **switch))
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert count(default) - count(fwa) == removed_params
+    x = torch.randn(3, 4, 16)
+    fixed_scale = switch.get("logit_scale") == "fixed"
+    assert isinstance(fwa.logit_scale, nn.Parameter) != fixed_scale
+    with torch.no_grad():
+        if not fixed_scale:
+            fwa.logit_scale.fill_(math.log(5.0))  # as if trained
+        out = fwa(x)
+    scale = 10.0 if fixed_scale else 5.0
+    if switch.get("position_bias") == "none":
+        bias = torch.zeros(2, 4, 4)
+    elif switch.get("position_bias") == "table":
+        table, index = fwa.position_bias.table, relative_position_index(2)
+        bias = torch.stack([torch.stack([torch.stack([table[index[i, j], h] for j in range(4)]) for i in range(4)]) for h in range(2)])
+    else:
+        bias = fwa.position_bias()
+    for w in range(3):
+        expected = _reference_window_attention(attn, x[w], 2, True, scale, bias, out_proj=switch.get("out_proj", True))
+        assert torch.allclose(out[w], expected, atol=1e-5)
+
+
+def test_window_options_reject_unknown_choices() -> None:
+    with pytest.raises(ValueError, match="position_bias"):
+        WindowOptions(position_bias="swin")
+    with pytest.raises(ValueError, match="logit_scale"):
+        WindowOptions(logit_scale="frozen")
 
 
 def test_logit_scale_init_ln10_and_clamped_at_ln100() -> None:
@@ -220,6 +263,48 @@ def test_default_paper_configuration_has_4822560_trainable_parameters() -> None:
     windows = [(b.window, b.shift, b.attention.num_heads) for a in sowa.adapters for b in a.blocks]
     assert windows == [(12, 0, 8)] * 4
     assert [a.blocks[0].attention.frozen_attn for a in sowa.adapters] == [clip.blocks[i].attn for i in (5, 11, 17, 23)]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"share_adapters": True}, 1_053_384 + 18_432 + 590_592),  # one adapter's weights for all 4 layers (§5.4.3)
+    ({"adapter": "linear", "text_linear": False}, 4 * 1024 * 1024 + 18_432),  # model/sowa_linear.yaml (§4.8)
+    ({"logit_scale": "fixed"}, 4_822_560 - 4 * 8),
+    ({"position_bias": "none"}, 4_822_560 - 4 * 704),
+    ({"position_bias": "table"}, 4_822_560 - 4 * 704 + 4 * 23 * 23 * 8),
+    ({"out_proj": False}, 4_822_560),
+])
+def test_switches_trainable_parameter_counts_at_paper_shape(overrides: dict, expected: int) -> None:
+    with torch.device("meta"):
+        clip = load_clip("ViT-L-14-336", None, quick_gelu=True, device="meta")
+        sowa = build("sowa", backbone=clip, **overrides)
+    assert sum(p.numel() for p in sowa.parameters() if p.requires_grad) == expected
+
+
+def test_every_sowa_ablation_builds_in_both_profiles() -> None:
+    """The ablation notebook's SOWA variants (spec §4.8, §6.6) are valid constructor overrides."""
+    from sowa_lib.ablations import ablations
+
+    for ablation in (a for a in ablations("demo") if a.method == "sowa"):
+        _tiny_sowa(**ablation.overrides)
+    with torch.device("meta"):
+        clip = load_clip("ViT-L-14-336", None, quick_gelu=True, device="meta")
+        for ablation in (a for a in ablations("paper") if a.method == "sowa"):
+            build("sowa", backbone=clip, **ablation.overrides)
+
+
+def test_shared_adapters_tie_learnable_parts_but_keep_each_layers_frozen_attention(demo_root: Path) -> None:
+    sowa = _tiny_sowa(share_adapters=True)
+    blocks = [a.blocks[0] for a in sowa.adapters]
+    assert all(b.linear is blocks[0].linear and b.norm1 is blocks[0].norm1 and b.norm2 is blocks[0].norm2 for b in blocks)
+    assert all(b.attention.logit_scale is blocks[0].attention.logit_scale for b in blocks)
+    assert all(b.attention.position_bias is blocks[0].attention.position_bias for b in blocks)
+    assert [b.attention.frozen_attn for b in blocks] == [sowa.clip.blocks[i].attn for i in sowa.layers]
+    sowa.fit(data.load("demo", demo_root / "demo_b", None, "test")[:4], progress=False)
+    fresh = _tiny_sowa(share_adapters=True)
+    fresh.load_trainable_state_dict(sowa.trainable_state_dict())
+    assert torch.equal(fresh.adapters[3].blocks[0].linear.weight, sowa.adapters[0].blocks[0].linear.weight)
+    linear = _tiny_sowa(adapter="linear", share_adapters=True)
+    assert all(a is linear.adapters[0] for a in linear.adapters)
 
 
 def test_shapes_through_every_stage() -> None:
@@ -369,6 +454,34 @@ def test_training_masks_threshold_and_mosaic_label_switches(demo_root: Path) -> 
     assert 1 in labels[True]
 
 
+def test_mask_resize_by_hand_antialiased_two_uint8_passes() -> None:
+    """4 -> 2 shrink of one pixel at (0, 2), as PIL does it (sowa §2.2): a triangle of support 2 per
+    output pixel gives the weights (3, 3, 1)/7 and (1, 3, 3)/7; the horizontal pass is stored as uint8
+    (1/7 -> 36, 3/7 -> 109), then the vertical one (36·3/7 -> 15, 109·3/7 -> 47). Plain bilinear
+    would only touch column 1."""
+    mask = np.zeros((4, 4), bool)
+    mask[0, 2] = True
+    for threshold, expected in [(0.0, [[1, 1], [0, 0]]), (14.5, [[1, 1], [0, 0]]), (15.5, [[0, 1], [0, 0]]),
+                                (46.5, [[0, 1], [0, 0]]), (47.5, [[0, 0], [0, 0]])]:
+        assert mask_to_tensor(mask, 2, threshold / 255).int().tolist() == expected, threshold
+
+
+@pytest.mark.parametrize("height, width, size", [(1024, 1024, 336), (700, 900, 336), (200, 300, 336), (64, 64, 50), (517, 333, 518)])
+def test_mask_resize_equals_torchvision_pil_resize(height: int, width: int, size: int) -> None:
+    """The reference's mask transform: PIL 'L' image -> torchvision Resize (bilinear) -> ToTensor."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(height + width + size)
+    mask = np.zeros((height, width), bool)
+    for _ in range(6):
+        top, left = rng.integers(0, height), rng.integers(0, width)
+        mask[top : top + rng.integers(1, height // 4), left : left + rng.integers(1, width // 4)] = True
+    reference = TF.to_tensor(TF.resize(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), [size, size]))[0]
+    for threshold in (0.0, 0.5):
+        assert torch.equal(mask_to_tensor(mask, size, threshold), reference > threshold)
+
+
 def test_training_lowers_loss_keeps_clip_frozen_and_is_deterministic(demo_root: Path) -> None:
     auxiliary = data.load("demo", demo_root / "demo_b", None, "test")
     sowa = _tiny_sowa(epochs=4)
@@ -433,7 +546,7 @@ def test_linear_adapter_replaces_window_attention_with_one_linear_per_layer() ->
     width = linear.clip.width
     assert all(isinstance(a, torch.nn.Linear) and a.in_features == width for a in linear.adapters)
     adapters = {n: p.numel() for n, p in linear.named_parameters() if p.requires_grad and n.startswith("adapters.")}
-    assert sum(adapters.values()) == len(linear.layers) * (width * width + width)
+    assert sum(adapters.values()) == len(linear.layers) * width * width  # bias-free, as model/sowa_linear.yaml
     images = torch.randn(2, 3, linear.image_size, linear.image_size)
     with torch.no_grad():
         out = linear(images)

@@ -2,7 +2,7 @@
 
 All methods resize the full image to a square (no aspect ratio kept, no crop) as April-GAN, SOWA and
 anomalib's WinCLIP do (spec april_gan_winclip_peers §1.1, sowa §1.1); masks are resized bilinearly
-and thresholded at 0.5 (sowa §3.1, datasets_metrics §3.3).
+(antialiased, as PIL) and thresholded at 0.5 (sowa §3.1, datasets_metrics §3.3).
 """
 from __future__ import annotations
 
@@ -30,11 +30,23 @@ def image_to_tensor(image: np.ndarray, size: int, normalization: str = "clip") -
 
 
 def mask_to_tensor(mask: np.ndarray, size: int, threshold: float = 0.5) -> torch.Tensor:
-    """Boolean ``[H, W]`` -> boolean ``[size, size]``: bilinear resize, then ``> threshold``
-    (0.5 at test time; SOWA's training masks use ``> 0``, sowa §2.2)."""
+    """Boolean ``[H, W]`` -> boolean ``[size, size]``: bilinear resize as the references do it, then
+    ``> threshold`` (0.5 at test time; SOWA's training masks use ``> 0``, sowa §2.2).
+
+    The references resize a PIL 'L' mask (torchvision ``Resize`` -> PIL bilinear), which antialiases
+    when shrinking and stores each of its two passes (horizontal, then vertical) as uint8. Both
+    matter for ``> 0``: without the antialiasing a 1024 -> 336 mask loses most of the reference's
+    dilated rim; without the uint8 levels, tiny positive weights add pixels the reference drops.
+    """
     x = torch.from_numpy(mask.astype(np.float32))[None, None]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = _as_uint8_levels(F.interpolate(x, size=(x.shape[-2], size), mode="bilinear", align_corners=False, antialias=True))
+    x = _as_uint8_levels(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
     return x[0, 0] > threshold
+
+
+def _as_uint8_levels(x: torch.Tensor) -> torch.Tensor:
+    """Round values in [0, 1] to the nearest of the 256 levels a uint8 image can hold (half up, as PIL)."""
+    return torch.floor(x * 255.0 + 0.5) / 255.0
 
 
 def load_images(samples: Sequence[Sample], size: int, normalization: str = "clip") -> torch.Tensor:

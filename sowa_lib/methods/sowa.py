@@ -16,18 +16,24 @@ Fidelity switches (spec §5.4; the reference code's behaviour is each default):
   ``"ce"`` (CrossEntropy on the logits z/T, what "BCE" in Fig. 2 suggests).
 - ``memory_features``: ``"raw"`` (un-adapted tap tokens, §5.4.2) or ``"adapted"`` (HFWA outputs, as
   Fig. 4 reads).
-- ``linear_residual``: the HFWA's second residual (x1 + LN(Lin(x1)), §5.4.4) or Fig. 2(b)'s LN(Lin(x1)).
-- ``in_proj_bias``: False (code drops CLIP's in_proj bias, §5.4.4) or True.
+- ``share_adapters``: False (one HFWA adapter per tapped layer: the config's ``share_weight: true``
+  is ignored by the code, §5.4.3) or True (one set of learnable adapter weights for all layers, each
+  layer still attending with its own frozen CLIP attention).
+- §5.4.4, the HFWA pieces that Fig. 2(b, c) leaves out or draws differently (details in
+  :class:`~sowa_lib.methods.sowa_adapter.WindowOptions`):
+  ``linear_residual`` (the second residual x1 + LN(Lin(x1)), or Fig. 2(b)'s LN(Lin(x1)));
+  ``in_proj_bias`` (False: the code drops CLIP's in_proj bias); ``logit_scale`` (``"learned"`` or
+  ``"fixed"`` at 10); ``position_bias`` (``"continuous"`` Swin-V2, ``"table"`` Swin-V1 or
+  ``"none"``); ``out_proj`` (True: CLIP's frozen out_proj after the attention).
 - ``patch_ln_post``: False (patch tokens hit ``visual.proj`` without ``ln_post``, §5.4.5) or True.
 - ``text_linear``: True (the learnable text Linear that the README does not mention, §5.4.6) or False.
 - ``mosaic_label_fix``: False (a mosaic keeps the replaced sample's label, §5.4.9) or True (label =
   any tile anomalous).
 - ``epochs``: 1 (trainer default, §5.4.12).
-- ``train_mask_threshold``: 0.0 (training masks binarised ``> 0`` after bilinear resizing, §2.2).
+- ``train_mask_threshold``: 0.0 (training masks binarised ``> 0`` after PIL-like bilinear resizing,
+  §2.2; :func:`~sowa_lib.data.transforms.mask_to_tensor`) or 0.5 (as at test time).
 - ``fewshot_image_score``: ``"transductive_minmax"`` (§1.8) or ``"raw"`` (0.5·p + 0.5·max, no
   category statistics).
-``share_weight`` (§5.4.3) has no counterpart: the code always builds one adapter per tapped layer,
-and each is tied to its own block's frozen attention.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ from sowa_lib.data.sample import Sample
 from sowa_lib.losses import dice_loss, focal_loss
 from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
 from sowa_lib.methods.fewshot import IMAGE_SCORE_MODES, few_shot_extras, finalize_few_shot, memory_distance_map
-from sowa_lib.methods.sowa_adapter import HFWAAdapter, WindowOptions
+from sowa_lib.methods.sowa_adapter import HFWAAdapter, WindowOptions, share_trainable_parts
 from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps, tokens_to_grid
 from sowa_lib.training import EpochCheckpoints, TrainingBatch, TrainingSchedule, train_segmentation
 
@@ -95,9 +101,10 @@ class SOWA(AnomalyMethod):
 
     backbone: a built :class:`ClipBackbone` or an open_clip / tiny model name; ``pretrained``: an
         open_clip tag or a local checkpoint (``"openai"`` -> ``ViT-L-14-336px.pt``).
-    layers: 0-based tapped blocks. adapter: ``"hfwa"`` (§1.3) or ``"linear"`` — one Linear(width,
-        width) per layer in its place, the HFWA-vs-linear ablation. window, depth, num_heads,
-        cpb_hidden, value_only, attn_drop: HFWA options (§1.3). prompt_length: context vectors per state (§1.4).
+    layers: 0-based tapped blocks. adapter: ``"hfwa"`` (§1.3) or ``"linear"`` — one bias-free
+        Linear(width, width) per layer in its place, as ``model/sowa_linear.yaml`` (§4.8; that config
+        also drops the text Linear: ``text_linear=False``). window, depth, num_heads, cpb_hidden,
+        value_only, attn_drop: HFWA options (§1.3). prompt_length: context vectors per state (§1.4).
     smoothing_sigma: Gaussian σ on the zero-shot map (0 disables; §1.7). temperature: image-score
         softmax temperature (§1.6).
     Training (§2): epochs, batch_size, lr, weight_decay (AdamW), seed, mosaic_prob (2×2 mosaic,
@@ -132,6 +139,10 @@ class SOWA(AnomalyMethod):
         attn_drop: float = 0.1,
         in_proj_bias: bool = False,
         linear_residual: bool = True,
+        logit_scale: str = "learned",
+        position_bias: str = "continuous",
+        out_proj: bool = True,
+        share_adapters: bool = False,
         patch_ln_post: bool = False,
         prompt_length: int = 12,
         text_linear: bool = True,
@@ -167,19 +178,29 @@ class SOWA(AnomalyMethod):
         self.train_mask_threshold = train_mask_threshold
         self.mosaic_prob, self.mosaic_datasets, self.mosaic_label_fix = mosaic_prob, tuple(mosaic_datasets), mosaic_label_fix
         self.epochs, self.batch_size, self.lr, self.weight_decay, self.seed = epochs, batch_size, lr, weight_decay, seed
-        options = WindowOptions(num_heads, cpb_hidden, value_only, attn_drop, in_proj_bias, linear_residual)
+        options = WindowOptions(
+            num_heads=num_heads, cpb_hidden=cpb_hidden, value_only=value_only, attn_drop=attn_drop, in_proj_bias=in_proj_bias,
+            linear_residual=linear_residual, logit_scale=logit_scale, position_bias=position_bias, out_proj=out_proj,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.adapters = nn.ModuleList(
-                HFWAAdapter(self.clip.blocks[index].attn, self.clip.grid_size, window, depth, options)
-                if adapter == "hfwa" else nn.Linear(self.clip.width, self.clip.width)
-                for index in self.layers
-            )
+            self.adapters = nn.ModuleList(self._build_adapters(adapter, window, depth, options, share_adapters))
             self.prompts = LearnablePrompts(self.clip, prompt_length)
             dim = self.clip.embed_dim
             self.text_linear = nn.Linear(dim, dim) if text_linear else nn.Identity()
         self.memory = MemoryBank(metric="cosine")
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _build_adapters(self, kind: str, window: int, depth: int, options: WindowOptions, shared: bool) -> list[nn.Module]:
+        """One adapter per tapped layer (§1.3, or ``sowa_linear``'s bias-free Linear); ``shared`` ties
+        their learnable weights (§5.4.3)."""
+        if kind == "linear":
+            linears = [nn.Linear(self.clip.width, self.clip.width, bias=False) for _ in self.layers]
+            return [linears[0]] * len(linears) if shared else linears
+        adapters = [HFWAAdapter(self.clip.blocks[i].attn, self.clip.grid_size, window, depth, options) for i in self.layers]
+        if shared:
+            share_trainable_parts(adapters)
+        return adapters
 
     # ---------------------------------------------------------------- forward pieces
     def text_features(self) -> torch.Tensor:

@@ -5,6 +5,9 @@ weights of the tapped CLIP block (``in_proj_weight`` without its bias, and ``out
 bias), regrouped into ``num_heads`` heads, with cosine attention (value-value by default), a
 learnable per-head logit scale and a Swin-V2 continuous relative position bias. Residuals are
 post-norm, and a bias-free ``Linear(width, width)`` branch follows the attention.
+
+Fig. 2(b, c) of the paper draws a simpler block; :class:`WindowOptions` holds a switch for each piece
+the figure leaves out or draws differently (spec §5.4.4), with the code's behaviour as the default.
 """
 from __future__ import annotations
 
@@ -15,19 +18,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sowa_lib.methods.base import check_choice
+
 LOGIT_SCALE_INIT = math.log(10.0)
 LOGIT_SCALE_MAX = math.log(100.0)
 CPB_LOG_BASE = 8.0  # Swin-V2: coordinates scaled to [-8, 8], then log-spaced
 CPB_BIAS_RANGE = 16.0  # Swin-V2: bias = 16 * sigmoid(mlp(coords))
+TABLE_INIT_STD = 0.02  # Swin-V1: learnable relative position bias table ~ trunc_normal(std 0.02)
+LOGIT_SCALES = ("learned", "fixed")
+POSITION_BIASES = ("continuous", "table", "none")
 
 
 @dataclass(frozen=True)
 class WindowOptions:
     """What every HFWA block of a SOWA model shares (spec sowa §1.3; ``model/sowa_hfwa.yaml``).
 
-    ``value_only``: cos(v, v) logits (SOWA) or cos(q, k). ``in_proj_bias``: add CLIP's in_proj bias
-    back (fidelity switch; the code leaves it out). ``linear_residual``: the Linear branch is added
-    to its input (code) or replaces it (Fig. 2(b); spec §5.4.4).
+    ``value_only``: cos(v, v) logits (SOWA) or cos(q, k). Fidelity switches (spec §5.4.4; the
+    code's behaviour is each default, Fig. 2(b, c) the alternative):
+
+    - ``in_proj_bias``: add CLIP's in_proj bias back (the code leaves it out).
+    - ``linear_residual``: the Linear branch is added to its input (code) or replaces it (Fig. 2(b)).
+    - ``logit_scale``: ``"learned"`` per-head scale, init 10, clamped at 100 (code), or ``"fixed"``
+      at 10 and not trained (Fig. 2(c) draws no scale).
+    - ``position_bias``: ``"continuous"`` (Swin-V2 MLP, code), ``"table"`` (a learnable Swin-V1
+      table, Fig. 2(c)'s "learnable relative position bias") or ``"none"``.
+    - ``out_proj``: the frozen CLIP ``out_proj`` after the attention (code) or none (not drawn).
     """
 
     num_heads: int = 8
@@ -36,6 +51,13 @@ class WindowOptions:
     attn_drop: float = 0.1
     in_proj_bias: bool = False
     linear_residual: bool = True
+    logit_scale: str = "learned"
+    position_bias: str = "continuous"
+    out_proj: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("logit_scale", self.logit_scale, LOGIT_SCALES)
+        check_choice("position_bias", self.position_bias, POSITION_BIASES)
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -86,6 +108,12 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> tor
     return different.float() * -100.0
 
 
+def gather_relative_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per-offset table ``[(2w-1)^2, heads]`` -> per-token-pair bias ``[heads, N, N]`` (Swin)."""
+    n = index.shape[0]
+    return table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
+
+
 class ContinuousPositionBias(nn.Module):
     """Swin-V2 continuous relative position bias: MLP 2 -> ``hidden`` -> heads, then 16·sigmoid.
 
@@ -103,9 +131,27 @@ class ContinuousPositionBias(nn.Module):
         return self.mlp(self.coords_table)
 
     def forward(self) -> torch.Tensor:
-        n = self.index.shape[0]
-        bias = self.table()[self.index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
-        return CPB_BIAS_RANGE * torch.sigmoid(bias)
+        return CPB_BIAS_RANGE * torch.sigmoid(gather_relative_bias(self.table(), self.index))
+
+
+class RelativePositionBiasTable(nn.Module):
+    """Swin-V1 learnable relative position bias: one value per offset and head, ``[(2w-1)^2, heads]``,
+    init trunc_normal(std 0.02); :meth:`forward` returns ``[heads, N, N]``."""
+
+    def __init__(self, window: int, num_heads: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(nn.init.trunc_normal_(torch.empty((2 * window - 1) ** 2, num_heads), std=TABLE_INIT_STD))
+        self.register_buffer("index", relative_position_index(window), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return gather_relative_bias(self.table, self.index)
+
+
+def position_bias_module(kind: str, window: int, num_heads: int, hidden: int) -> nn.Module | None:
+    """The position bias of ``WindowOptions.position_bias`` (None for ``"none"``)."""
+    if kind == "continuous":
+        return ContinuousPositionBias(window, num_heads, hidden)
+    return RelativePositionBiasTable(window, num_heads) if kind == "table" else None
 
 
 class FrozenWindowAttention(nn.Module):
@@ -115,7 +161,8 @@ class FrozenWindowAttention(nn.Module):
     weights stay shared and frozen). Its ``in_proj_weight`` is applied *without* its bias and the
     ``width`` channels are regrouped into ``num_heads`` heads (8×128 for ViT-L instead of CLIP's
     16×64). ``value_only=True`` (SOWA) uses cos(v, v) logits; ``False`` uses cos(q, k).
-    ``in_proj_bias=True`` adds CLIP's in_proj bias back (fidelity switch; the code leaves it out).
+    The other :class:`WindowOptions` switches drop or replace the logit scale, the position bias
+    and ``out_proj``.
     """
 
     def __init__(self, attn: nn.MultiheadAttention, window: int, options: WindowOptions = WindowOptions()) -> None:
@@ -127,8 +174,13 @@ class FrozenWindowAttention(nn.Module):
         self.num_heads = options.num_heads
         self.value_only = options.value_only
         self.use_in_proj_bias = options.in_proj_bias
-        self.logit_scale = nn.Parameter(torch.full((options.num_heads, 1, 1), LOGIT_SCALE_INIT))
-        self.position_bias = ContinuousPositionBias(window, options.num_heads, options.cpb_hidden)
+        self.use_out_proj = options.out_proj
+        scale = torch.full((options.num_heads, 1, 1), LOGIT_SCALE_INIT)
+        if options.logit_scale == "learned":
+            self.logit_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("logit_scale", scale, persistent=False)
+        self.position_bias = position_bias_module(options.position_bias, window, options.num_heads, options.cpb_hidden)
         self.attn_drop = nn.Dropout(options.attn_drop)
 
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,14 +195,15 @@ class FrozenWindowAttention(nn.Module):
         left, right = (v, v) if self.value_only else (heads[0], heads[1])
         logits = F.normalize(left, dim=-1) @ F.normalize(right, dim=-1).transpose(-2, -1)
         logits = logits * torch.clamp(self.logit_scale, max=LOGIT_SCALE_MAX).exp()
-        logits = logits + self.position_bias().unsqueeze(0)
+        if self.position_bias is not None:
+            logits = logits + self.position_bias().unsqueeze(0)
         if mask is not None:
             n_windows = mask.shape[0]
             logits = logits.view(bw // n_windows, n_windows, self.num_heads, n, n) + mask[None, :, None]
             logits = logits.view(bw, self.num_heads, n, n)
         weights = self.attn_drop(logits.softmax(dim=-1))
         out = (weights @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.frozen_attn.out_proj(out)
+        return self.frozen_attn.out_proj(out) if self.use_out_proj else out
 
 
 class FrozenWindowBlock(nn.Module):
@@ -210,3 +263,15 @@ class HFWAAdapter(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         return tokens
+
+
+def share_trainable_parts(adapters: list[HFWAAdapter]) -> None:
+    """Tie every adapter's learnable parts (logit scale, position bias, LayerNorms, Linear) to the
+    first adapter's, block by block; each keeps its own layer's frozen attention. This is the
+    config's ``share_weight: true`` taken literally; the reference code ignores it (spec §5.4.3)."""
+    first = adapters[0]
+    for adapter in adapters[1:]:
+        for block, shared in zip(adapter.blocks, first.blocks, strict=True):
+            block.norm1, block.linear, block.norm2 = shared.norm1, shared.linear, shared.norm2
+            block.attention.logit_scale = shared.attention.logit_scale
+            block.attention.position_bias = shared.attention.position_bias
