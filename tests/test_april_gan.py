@@ -3,18 +3,22 @@ plus the shared few-shot scoring, mosaic and training loop it uses."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sowa_lib.backbones.clip import load_clip
 from sowa_lib.data import demo, load
 from sowa_lib.data.augment import draw_tiles, group_by_defect, mosaic
 from sowa_lib.data.transforms import load_images
 from sowa_lib.methods import build
+from sowa_lib.methods.april_gan import SCHEDULE_BY_AUXILIARY, AprilGAN
 from sowa_lib.methods.base import Prediction
 from sowa_lib.methods.fewshot import few_shot_image_scores, finalize_few_shot
+from sowa_lib.prompts import APRIL_GAN
 from sowa_lib.training import TrainingSchedule, epoch_rng, load_training_batch
 
 torch.set_num_threads(1)
@@ -56,6 +60,9 @@ def test_heads_are_the_only_trainable_weights_and_seeded():
     assert sorted(state) == [f"heads.{i}.{p}" for i in range(4) for p in ("bias", "weight")]
     assert state["heads.0.weight"].shape == (a.clip.embed_dim, a.clip.width)
     assert all(torch.equal(state[k], v) for k, v in b.trainable_state_dict().items())
+    torch.manual_seed(111)  # the default seed, set right before the heads are created
+    expected = [torch.nn.Linear(a.clip.width, a.clip.embed_dim) for _ in range(4)]
+    assert all(torch.equal(state[f"heads.{i}.weight"], head.weight) for i, head in enumerate(expected))
 
 
 def test_reference_schedule_follows_the_auxiliary_dataset(auxiliary):
@@ -77,7 +84,10 @@ def test_training_reduces_the_loss_and_resumes_exactly(auxiliary, tmp_path):
     with torch.no_grad():
         after = method.training_loss(fixed).item()
     assert after < before and len(log["loss"]) == 2 * 2  # 16 samples, batch 8, 2 epochs
-    assert set(torch.load(tmp_path / "epoch_001.pt", weights_only=True)["state"]) == set(method.trainable_state_dict())
+    saved = torch.load(tmp_path / "epoch_001.pt", weights_only=True)
+    assert set(saved["state"]) == set(method.trainable_state_dict())
+    (group,) = saved["optimizer"]["param_groups"]  # Adam with the reference's default lr and betas (§1.7)
+    assert (group["lr"], tuple(group["betas"]), group["weight_decay"]) == (1e-3, (0.5, 0.999), 0)
     (tmp_path / "epoch_001.pt").unlink()  # interrupted after epoch 0: the resumed run redoes epoch 1
     resumed = tiny_april_gan()
     resumed_log = resumed.fit(auxiliary, checkpoint_dir=tmp_path, progress=False)
@@ -151,3 +161,89 @@ def test_precision_switch_is_the_references_cuda_only_autocast() -> None:
     assert torch.equal(first.maps, second.maps) and torch.equal(first.scores, second.scores)
     with pytest.raises(ValueError, match="precision"):
         tiny_april_gan(precision="fp8")
+
+
+def test_defaults_are_the_reference_settings():
+    defaults = {k: p.default for k, p in inspect.signature(AprilGAN.__init__).parameters.items() if k != "self"}
+    assert defaults == {
+        "backbone": "ViT-L-14-336",
+        "pretrained": "openai",
+        "image_size": 518,
+        "layers": (5, 11, 17, 23),  # 0-based: the paper's blocks 6/12/18/24 (§1.2)
+        "activation": "gelu",  # the 518-px path's exact GELU (§1.1)
+        "image_score": "transductive_minmax",
+        "reference_replacement": True,
+        "epochs": None,
+        "mosaic_rate": None,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "betas": (0.5, 0.999),
+        "seed": 111,
+        "precision": "fp16_autocast",
+    }
+    assert SCHEDULE_BY_AUXILIARY == {"mvtec": (3, 0.2), "visa": (15, 0.0)}
+
+
+# ---------------------------------------------------------------------------- hand-composed reference
+# April-GAN written out from spec §1.5-§1.6 with open_clip's own forward and forward hooks on the
+# blocks, sharing no code with sowa_lib.methods.april_gan / fewshot / ops.
+
+
+def block_outputs_by_hand(clip, images: torch.Tensor, blocks) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """open_clip's image embedding (L2-normalised) and the raw outputs of the given 0-based blocks."""
+    outputs = {}
+    hooks = [clip.blocks[b].register_forward_hook(lambda m, i, o, b=b: outputs.__setitem__(b, o)) for b in blocks]
+    embedding = F.normalize(clip.model.visual(images), dim=-1)
+    for hook in hooks:
+        hook.remove()
+    return embedding, [outputs[b] for b in blocks]
+
+
+def to_image(patch_values: torch.Tensor) -> torch.Tensor:
+    """[B, T, C] patch values -> [B, C, SIZE, SIZE], bilinear with align_corners=True (§1.5)."""
+    side = int(patch_values.shape[1] ** 0.5)
+    grid = patch_values.permute(0, 2, 1).reshape(patch_values.shape[0], -1, side, side)
+    return F.interpolate(grid, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+
+
+@torch.no_grad()
+def april_gan_by_hand(method, images, references, category):
+    clip, layers = method.clip, method.layers
+    sentences = [APRIL_GAN.sentences(category, abnormal) for abnormal in (False, True)]
+    groups = [F.normalize(clip.model.encode_text(clip.tokenize(group)), dim=-1) for group in sentences]
+    text = torch.stack([F.normalize(g.mean(dim=0), dim=0) for g in groups])  # [2, D]
+    embedding, taps = block_outputs_by_hand(clip, images, layers)
+    probability = (100 * embedding @ text.T).softmax(dim=-1)[:, 1]
+    zero_shot = 0
+    for head, tokens in zip(method.heads, taps):
+        logits = 100 * F.normalize(head(tokens[:, 1:]), dim=-1) @ text.T  # [B, T, 2]
+        zero_shot = zero_shot + to_image(logits).softmax(dim=1)[:, 1]  # summed, not averaged
+    _, memory = block_outputs_by_hand(clip, references, layers)
+    few_shot = 0
+    for query, bank in zip(taps, memory):
+        bank = bank[:, 1:].reshape(-1, bank.shape[-1])  # raw tokens of all references, CLS dropped
+        cos = F.normalize(query[:, 1:], dim=-1) @ F.normalize(bank, dim=-1).T
+        few_shot = few_shot + to_image((1 - cos).min(dim=-1).values[..., None])[:, 0]  # no ½ factor
+    maps = zero_shot + few_shot
+    maxima = maps.flatten(1).max(dim=1).values
+    return {
+        "zero_scores": probability,
+        "zero_maps": zero_shot,
+        "few_maps": maps,
+        "few_scores": 0.5 * (probability + (maxima - maxima.min()) / (maxima.max() - maxima.min())),
+    }
+
+
+def test_zero_and_few_shot_equal_a_hand_composed_reference():
+    method = tiny_april_gan()
+    generator = torch.Generator().manual_seed(1)
+    images, references = torch.randn(3, 3, SIZE, SIZE, generator=generator), torch.randn(2, 3, SIZE, SIZE, generator=generator)
+    expected = april_gan_by_hand(method, images, references, "bottle")
+    method.set_references(torch.empty(0, 3, SIZE, SIZE), "bottle")
+    zero = method.finalize_category(method.predict(images, "bottle"))
+    assert torch.allclose(zero.scores, expected["zero_scores"], atol=1e-6)
+    assert torch.allclose(zero.maps, expected["zero_maps"], atol=1e-5)
+    method.set_references(references, "bottle")
+    few = method.finalize_category(method.predict(images, "bottle"))
+    assert torch.allclose(few.maps, expected["few_maps"], atol=1e-5)
+    assert torch.allclose(few.scores, expected["few_scores"], atol=1e-5)

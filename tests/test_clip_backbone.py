@@ -1,6 +1,8 @@
 """ClipBackbone on the tiny random CLIP: taps, CLS embedding, text paths, position resize, loading."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from open_clip.model import resize_pos_embed
@@ -8,6 +10,7 @@ from open_clip.transformer import QuickGELU
 
 import sowa_lib.backbones.clip as clip_module
 from sowa_lib.backbones.clip import WeightsNotFoundError, load_clip, resize_position_embedding
+from sowa_lib.methods import build
 
 torch.set_num_threads(1)
 
@@ -121,3 +124,16 @@ def test_uncached_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
     assert str(tmp_path / "ViT-L-14-336px.pt") in str(error.value) and "pretrained=" in str(error.value)
     with pytest.raises(WeightsNotFoundError, match="known tags"):
         load_clip("ViT-B-16-plus-240", "no_such_tag", quick_gelu=False)
+
+
+@pytest.mark.parametrize("method", ["winclip", "april_gan"])
+def test_demo_profile_on_the_tiny_clip_is_fast(method):
+    """The tiny CLIP keeps the demo quick: a few hundred thousand vision weights, and far under a
+    second per image (measured in milliseconds; the 5 s bound only guards against a heavy config)."""
+    demo = build(method, profile="demo").eval()
+    assert sum(p.numel() for p in demo.clip.visual.parameters()) < 1_000_000
+    images = torch.randn(2, 3, demo.image_size, demo.image_size)
+    demo.predict(images, "bottle")  # warm-up; encodes and caches the prompts
+    start = time.perf_counter()
+    demo.predict(images, "bottle")
+    assert (time.perf_counter() - start) / len(images) < 5.0

@@ -6,6 +6,7 @@ import torch
 
 from sowa_lib.prompts import (
     APRIL_GAN,
+    DEFAULT_CLASS_NAME,
     WINCLIP,
     average_features,
     class_scores,
@@ -22,6 +23,10 @@ def test_april_gan_ensemble_sizes_and_order():
     assert abnormal[35] == "a bad photo of a broken metal_nut."
     assert abnormal[-1] == "this is one metal_nut with damage in the scene."
     assert len(set(APRIL_GAN.templates)) == 35
+
+
+def test_default_class_name_is_anomalibs_object():
+    assert DEFAULT_CLASS_NAME == "object"
 
 
 def test_winclip_ensemble_matches_anomalib_including_its_duplicate():

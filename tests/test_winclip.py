@@ -2,15 +2,19 @@
 on the tiny CLIP and the generated demo benchmark."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sowa_lib.backbones.clip import load_clip
 from sowa_lib.data import demo, load
 from sowa_lib.data.transforms import load_images
 from sowa_lib.methods import build
-from sowa_lib.methods.winclip import harmonic_aggregation, harmonic_mean, make_masks
+from sowa_lib.methods.winclip import WinCLIP, harmonic_aggregation, harmonic_mean, make_masks
 from sowa_lib.ops import MemoryBank
+from sowa_lib.prompts import WINCLIP, class_text_features
 
 torch.set_num_threads(1)
 
@@ -106,3 +110,124 @@ def test_a_reference_queried_against_itself_scores_zero_few_shot(winclip, demo_c
     winclip.set_references(reference, category)
     _, windows, patches = winclip.encode(reference)
     assert winclip.few_shot_map(windows, patches).abs().max() < 1e-5
+
+
+def test_defaults_are_anomalibs():
+    defaults = {k: p.default for k, p in inspect.signature(WinCLIP.__init__).parameters.items() if k != "self"}
+    assert defaults == {
+        "backbone": "ViT-B-16-plus-240",
+        "pretrained": "laion400m_e31",
+        "image_size": 240,
+        "scales": (2, 3),
+        "temperature": 0.07,
+        "use_class_name": True,
+    }
+
+
+def test_without_class_name_prompts_say_object():
+    clip = load_clip("tiny-clip-b16", image_size=64, quick_gelu=False, seed=0)
+    method = build("winclip", backbone=clip, image_size=64, use_class_name=False)
+    assert torch.equal(method.text_features("bottle"), class_text_features(clip.encode_text, WINCLIP, "object"))
+
+
+# ---------------------------------------------------------------------------- hand-composed reference
+# WinCLIP(+) written out from spec §2.2 with open_clip's own modules and plain loops, sharing no code
+# with sowa_lib.methods.winclip: windows listed by hand, per-patch loops for the harmonic aggregation.
+TAU = 0.07
+
+
+def windows_by_hand(grid: int, kernel: int) -> list[list[int]]:
+    """Patch indices of every kernel×kernel window, stride 1, windows row-major."""
+    return [
+        [(row + i) * grid + (col + j) for i in range(kernel) for j in range(kernel)]
+        for row in range(grid - kernel + 1)
+        for col in range(grid - kernel + 1)
+    ]
+
+
+def abnormal_probability(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """softmax over (normal, abnormal) of cos(f, text)/τ, abnormal entry; features [..., D]."""
+    cos = torch.stack([F.cosine_similarity(features, t.expand_as(features), dim=-1) for t in text], dim=-1)
+    return (cos / TAU).softmax(dim=-1)[..., 1]
+
+
+def harmonic_by_hand(window_scores: torch.Tensor, windows: list[list[int]], n_patches: int) -> torch.Tensor:
+    """[B, n_windows] -> [B, n_patches]: covering count / Σ 1/score over the covering windows."""
+    out = torch.zeros(window_scores.shape[0], n_patches)
+    for patch in range(n_patches):
+        covering = [w for w, members in enumerate(windows) if patch in members]
+        out[:, patch] = len(covering) / (1 / window_scores[:, covering]).sum(dim=1)
+    return out
+
+
+def association_by_hand(queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """[B, Q, D] against all memory rows [M, D]: ½ · min (1 − cos)."""
+    cos = F.normalize(queries, dim=-1) @ F.normalize(memory, dim=-1).T
+    return 0.5 * (1 - cos).min(dim=-1).values
+
+
+def encode_by_hand(visual, images: torch.Tensor, windows: dict[int, list[list[int]]]):
+    """Image embedding (CLS -> ln_post -> proj), patch embeddings (last block -> ln_post, no proj) and
+    each scale's window embeddings ([CLS + window tokens] with their position embeddings, before
+    ln_pre, through ln_pre, all blocks, ln_post; CLS -> proj)."""
+    assert visual.transformer.batch_first  # open_clip 3.x
+
+    def run(tokens):
+        return visual.ln_post(visual.transformer(visual.ln_pre(tokens)))
+
+    captured = {}
+    hook = visual.patch_dropout.register_forward_hook(lambda module, inputs, output: captured.update(tokens=inputs[0]))
+    image_embedding = visual(images)
+    hook.remove()
+    tokens = captured["tokens"]
+    patches = run(tokens)[:, 1:]
+    window_embeddings = {
+        scale: torch.stack([run(tokens[:, [0, *(1 + p for p in members)]])[:, 0] @ visual.proj for members in members_list], 1)
+        for scale, members_list in windows.items()
+    }
+    return image_embedding, patches, window_embeddings
+
+
+@torch.no_grad()
+def winclip_by_hand(clip, images, references, category):
+    grid, size = clip.grid_size, images.shape[-1]
+    windows = {scale: windows_by_hand(grid, scale) for scale in (2, 3)}
+    sentences = [WINCLIP.sentences(category, abnormal) for abnormal in (False, True)]
+    text = torch.stack([clip.model.encode_text(clip.tokenize(group)).mean(dim=0) for group in sentences])
+    image_embedding, patches, window_embeddings = encode_by_hand(clip.model.visual, images, windows)
+    s0 = abnormal_probability(image_embedding, text)
+    scale_maps = [harmonic_by_hand(abnormal_probability(window_embeddings[k], text), windows[k], grid * grid) for k in (2, 3)]
+    zero_shot = 3 / (1 / s0[:, None] + 1 / scale_maps[0] + 1 / scale_maps[1])
+    _, reference_patches, reference_windows = encode_by_hand(clip.model.visual, references, windows)
+    few_shot_maps = [association_by_hand(patches, reference_patches.flatten(0, 1))]
+    for k in (2, 3):
+        distances = association_by_hand(window_embeddings[k], reference_windows[k].flatten(0, 1))
+        few_shot_maps.append(harmonic_by_hand(distances, windows[k], grid * grid))
+    few_shot = (few_shot_maps[0] + few_shot_maps[1] + few_shot_maps[2]) / 3
+
+    def upsample(patch_map):
+        return F.interpolate(patch_map.reshape(-1, 1, grid, grid), size=(size, size), mode="bilinear").squeeze(1)
+
+    return {
+        "zero_scores": s0,
+        "zero_maps": upsample(zero_shot),
+        "few_scores": (s0 + few_shot.amax(dim=1)) / 2,
+        "few_maps": upsample((zero_shot + few_shot) / 2),
+    }
+
+
+def test_zero_and_few_shot_equal_a_hand_composed_reference():
+    """Default composition, end to end on the tiny CLIP, against the plain computation above."""
+    clip = load_clip("tiny-clip-b16", image_size=64, quick_gelu=False, seed=0)
+    method = build("winclip", backbone=clip, image_size=64)  # defaults otherwise
+    generator = torch.Generator().manual_seed(1)
+    images, references = torch.randn(2, 3, 64, 64, generator=generator), torch.randn(2, 3, 64, 64, generator=generator)
+    expected = winclip_by_hand(clip, images, references, "bottle")
+    method.set_references(torch.empty(0, 3, 64, 64), "bottle")
+    zero = method.finalize_category(method.predict(images, "bottle"))
+    assert torch.allclose(zero.scores, expected["zero_scores"], atol=1e-6)
+    assert torch.allclose(zero.maps, expected["zero_maps"], atol=1e-5)
+    method.set_references(references, "bottle")
+    few = method.finalize_category(method.predict(images, "bottle"))
+    assert torch.allclose(few.scores, expected["few_scores"], atol=1e-6)
+    assert torch.allclose(few.maps, expected["few_maps"], atol=1e-5)

@@ -2,6 +2,11 @@
 
 The same (dataset, category, K, seed) always gives the same files, whatever the method, so all
 methods see identical references. The chosen relative paths are recorded with each run.
+
+Stated departure from April-GAN's official draw (spec april_gan_winclip_peers §1.6): it seeds torch
+once (42), builds the model, then calls ``torch.randint`` class after class in meta.json order, so
+its files depend on the model's initialisation and on the earlier classes and cannot be reproduced
+one run at a time. The sampling law is kept (``replacement=True``), not the exact files.
 """
 from __future__ import annotations
 

@@ -15,9 +15,20 @@ Fidelity switches (reference behaviour is the default):
   (``0.5·(p + max map)``, per image).
 - ``reference_replacement``: K-shot references drawn with replacement (``torch.randint``, §1.6) or
   without; the runner reads it when it draws references.
+- ``precision``: ``"fp16_autocast"`` (default) runs every forward under CUDA fp16 autocast as the
+  reference does (§1.1 "Precision"; a no-op on CPU, there as here); ``"fp32"`` never does.
 
-Known departure kept on purpose: the reference runs under fp16 autocast (§1.1 "Precision"); here
-everything is fp32.
+Known departures, kept on purpose (no switch):
+
+- Which reference files are drawn (§1.6): the official ``test.py`` seeds torch once (42), builds
+  CLIP and the heads (both consume the RNG), then draws each class's K files with ``torch.randint``
+  in meta.json order, so a class's files depend on the model build and on the classes before it.
+  Here the shared draw of :func:`sowa_lib.data.references.draw_references` is keyed on (dataset,
+  category, K, seed): the same sampling law (with replacement, uniform over the sorted train/good
+  files), not the same files, which could only be had by replaying ViT-L-14-336's initialisation.
+- Initial heads (§1.3, §1.7): the official ``train.py`` seeds 111, builds CLIP (consuming the RNG),
+  then creates the heads; here the heads are created right after seeding, so the initial (and hence
+  the trained) heads differ from the official run's, with the same default PyTorch initialisation.
 """
 from __future__ import annotations
 
@@ -99,7 +110,8 @@ class AprilGAN(AnomalyMethod):
         self.epochs, self.mosaic_rate, self.batch_size = epochs, mosaic_rate, batch_size
         self.learning_rate, self.betas, self.seed = learning_rate, tuple(betas), seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the reference seeds 111 before creating the heads (§1.3)
+            # seeded right before the heads; the reference builds CLIP in between (module docstring)
+            torch.manual_seed(seed)
             self.heads = nn.ModuleList(nn.Linear(self.clip.width, self.clip.embed_dim) for _ in self.layers)
         self.memory = MemoryBank(metric="cosine")
         self._text_features: dict[str, torch.Tensor] = {}
