@@ -34,24 +34,43 @@ class Ablation:
 
 
 def _sowa(profile: str) -> list[Ablation]:
+    """SOWA's knobs with the values its authors searched (spec sowa §4.8, §6.6) and every fidelity
+    switch (§5.4). The demo's tiny CLIP has an 8×8 token grid (default window 4) and 4 blocks (taps
+    0–3), so its windows and layer sets are the same ideas at that size: half/global window,
+    first+middle+last and inner blocks."""
     demo = profile == "demo"
-    windows = (2, 8) if demo else (6, 8, 24)  # demo grid 8×8 (112 px / patch 14); paper grid 24×24
-    layer_sets = {"layers=deep": (2, 3), "layers=shallow": (0, 1)} if demo else {"layers=deep": (17, 23), "layers=last": (23,)}
+    windows = (2, 8) if demo else (6, 24)  # default 4 (demo) / 12 (paper); the largest = one global window
+    layer_sets = ((0, 1, 3), (1, 2)) if demo else ((0, 11, 23), (6, 12, 18))  # default: all taps / (5, 11, 17, 23)
+    prompt_lengths = (8, 24) if demo else (8, 16, 24)  # default 12
     knobs = [Ablation("sowa", f"window={w}", {"window": w}, "zero_shot", "knob") for w in windows]
-    knobs += [Ablation("sowa", name, {"layers": layers}, "zero_shot", "knob") for name, layers in layer_sets.items()]
+    knobs += [Ablation("sowa", f"layers={','.join(map(str, layers))}", {"layers": layers}, "zero_shot", "knob") for layers in layer_sets]
+    knobs += [Ablation("sowa", f"prompt_length={n}", {"prompt_length": n}, "zero_shot", "knob") for n in prompt_lengths]
+    knobs += [Ablation("sowa", f"attn_drop={p}", {"attn_drop": p}, "zero_shot", "knob") for p in (0.0, 0.2)]  # default 0.1
     knobs += [
         Ablation("sowa", "depth=2", {"depth": 2}, "zero_shot", "knob", note="adds a shifted-window block"),
-        Ablation("sowa", "prompt_length=4", {"prompt_length": 4}, "zero_shot", "knob"),
-        Ablation("sowa", "adapter=linear", {"adapter": "linear"}, "zero_shot", "knob", note="a Linear per layer instead of HFWA"),
+        Ablation("sowa", "epochs=5", {"epochs": 5}, "zero_shot", "knob", note="the other value of the authors' search"),
+        Ablation("sowa", "sowa_linear", {"adapter": "linear", "text_linear": False}, "zero_shot", "knob",
+                 note="model/sowa_linear.yaml: a bias-free Linear per layer instead of HFWA, no text Linear"),
         Ablation("sowa", "qk_attention", {"value_only": False}, "zero_shot", "knob", note="Q–K attention instead of value-only"),
+        Ablation("sowa", "position_bias=none", {"position_bias": "none"}, "zero_shot", "knob"),
         Ablation("sowa", "no_smoothing", {"smoothing_sigma": 0.0}, "zero_shot", "knob"),
         Ablation("sowa", "no_text_linear", {"text_linear": False}, "zero_shot", "knob"),
     ]
     switches = [
         Ablation("sowa", "image_loss=ce", {"image_loss": "ce"}, "zero_shot", "switch", note="CE on logits instead of on probabilities"),
+        Ablation("sowa", "share_adapters", {"share_adapters": True}, "zero_shot", "switch",
+                 note="the config's share_weight: true, which the code ignores"),
+        Ablation("sowa", "linear_residual=False", {"linear_residual": False}, "zero_shot", "switch", note="Fig. 2(b): no second residual"),
+        Ablation("sowa", "in_proj_bias", {"in_proj_bias": True}, "zero_shot", "switch"),
+        Ablation("sowa", "logit_scale=fixed", {"logit_scale": "fixed"}, "zero_shot", "switch", note="attention scale fixed at 10"),
+        Ablation("sowa", "position_bias=table", {"position_bias": "table"}, "zero_shot", "switch",
+                 note="Fig. 2(c): a learnable relative position bias table (Swin-V1) instead of Swin-V2's MLP"),
+        Ablation("sowa", "out_proj=False", {"out_proj": False}, "zero_shot", "switch", note="Fig. 2(c) draws no output projection"),
+        Ablation("sowa", "patch_ln_post", {"patch_ln_post": True}, "zero_shot", "switch", note="ln_post before visual.proj for patch tokens"),
+        Ablation("sowa", "train_mask_threshold=0.5", {"train_mask_threshold": 0.5}, "zero_shot", "switch",
+                 note="training masks binarised as at test time, not dilated"),
         Ablation("sowa", "mosaic_label_fix", {"mosaic_label_fix": True}, "zero_shot", "switch", dataset_role="visa",
                  note="the mosaic only runs when training on MVTec, i.e. for the VisA target"),
-        Ablation("sowa", "in_proj_bias", {"in_proj_bias": True}, "zero_shot", "switch"),
         Ablation("sowa", "fewshot_image_score=raw", {"fewshot_image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
         Ablation("sowa", "memory_features=adapted", {"memory_features": "adapted"}, "few_shot", "switch", (4,)),
         Ablation("sowa", "aupro=cflow_loop", {}, "zero_shot", "metric", aupro_variant="cflow_loop"),
@@ -90,17 +109,23 @@ def _baselines() -> list[Ablation]:
 
 def _agpnet(profile: str) -> list[Ablation]:
     demo = profile == "demo"
-    noise = [("none", "none"), ("random", "random"), ("attention", "none"), ("none", "attention")]
-    runs = [Ablation("agpnet", f"img_noise={i},feat_noise={f}", {"image_noise": i, "feature_noise": f}, "multi_class", "knob", table="Table 5")
+    # Table 5's columns image/feature in its order, less A/A (the default): -/-, R/-, -/R, R/R, A/-, -/A, A/R, R/A
+    noise = [("none", "none"), ("random", "none"), ("none", "random"), ("random", "random"),
+             ("attention", "none"), ("none", "attention"), ("attention", "random"), ("random", "attention")]
+    random_image = "image R: a random region of the attention region's area (random_image_region='area', our choice)"
+    runs = [Ablation("agpnet", f"img_noise={i},feat_noise={f}", {"image_noise": i, "feature_noise": f}, "multi_class", "knob", table="Table 5",
+                     note=random_image if i == "random" else "")
             for i, f in noise]
-    # (backbone, taps): None = the backbone's own default taps; the tiny CLIP has 4 blocks
-    backbones = {"backbone=wide_resnet50": ("tiny_resnet", None) if demo else ("wide_resnet50_2", None),
-                 "backbone=clip_vit_b": ("tiny-clip-b16", (0, 1, 2, 3)) if demo else ("ViT-B-16", None)}
+    # (backbone, taps, note): taps None = the backbone's own default taps; the tiny CLIP has 4 blocks
+    cnn_prior = "prior = activation attention (our choice, flagged)"
+    backbones = {"backbone=wide_resnet50": ("tiny_resnet" if demo else "wide_resnet50_2", None, cnn_prior),
+                 "backbone=clip_vit_b": ("tiny-clip-b16", (0, 1, 2, 3), "") if demo else ("ViT-B-16", None, "")}
     if not demo:
-        backbones["backbone=efficientnet_b4"] = ("efficientnet_b4", None)
+        backbones["backbone=efficientnet_b4"] = ("efficientnet_b4", None, cnn_prior)
+    tiny_network = "demo: a tiny random network of the same family" if demo else ""
     runs += [Ablation("agpnet", name, {"backbone": b, "taps": taps}, "multi_class", "knob", table="Table 6",
-                      note="demo: a tiny random network of the same family" if demo else "") for name, (b, taps) in backbones.items()]
-    runs += [Ablation("agpnet", f"noise_intensity={s}", {"feature_noise_scale": s}, "multi_class", "knob", table="Table 7") for s in (0.5, 1.5)]
+                      note="; ".join(n for n in (note, tiny_network) if n)) for name, (b, taps, note) in backbones.items()]
+    runs += [Ablation("agpnet", f"noise_intensity={s}", {"feature_noise_scale": s}, "multi_class", "knob", table="Table 7") for s in (0.5, 1.0, 1.5)]
     runs += [Ablation("agpnet", f"attention_map={letter}", {"mask_source": source}, "multi_class", "knob", table="Table 7",
                       note="letters inferred: D = DINO prior, L = learnable (teacher) mask")
              for letter, source in (("D", "prior"), ("L", "teacher"))]

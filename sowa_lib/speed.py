@@ -3,7 +3,8 @@ resolution (issue: notebook 05 and ``benchmarks/methods.py``).
 
 Protocol (sowa spec §4.4, "re-measure under stated, identical settings"): references set and text
 features computed before timing (one untimed warm-up ``predict``), then the best of ``repeats``
-timed calls; no visualisation, no data loading, the category-level step excluded.
+timed calls, the method and the plain forward alternating; no visualisation, no data loading, the
+category-level step excluded.
 """
 from __future__ import annotations
 
@@ -28,32 +29,41 @@ def plain_forward(method: AnomalyMethod, images: torch.Tensor) -> Any:
     raise TypeError(f"no plain backbone forward known for {type(method).__name__}")
 
 
-def seconds_per_call(run: Callable[[], Any], repeats: int = 3) -> float:
-    """Best wall time of ``repeats`` calls (CUDA synchronised when available)."""
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+def timed_call(run: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call, CUDA synchronised when available. On a CPU
+    shared with other work, CPU time is the steadier measure: it does not count time spent waiting."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def measure(method: AnomalyMethod, images: torch.Tensor, references: torch.Tensor, category: str = "object", repeats: int = 3) -> dict[str, float]:
     """Seconds per image of ``predict`` on ``images`` one at a time (batch 1), of the plain backbone
-    forward, their ratio, and images per second. ``set_references`` is not timed (AGPNet trains there)."""
+    forward, their ratio (wall time, and process CPU time), and images per second.
+
+    Each repeat times ``predict`` and the plain forward back to back, so that both see the same
+    machine load; the best of ``repeats`` counts for each. ``set_references`` is not timed (AGPNet
+    trains there)."""
     method.eval()
     images, references = images.to(method.device), references.to(method.device)
     method.set_references(references, category)
+    best = {"predict": (float("inf"), float("inf")), "plain": (float("inf"), float("inf"))}
+    calls = {"predict": lambda: [method.predict(x[None], category) for x in images],
+             "plain": lambda: [plain_forward(method, x[None]) for x in images]}
     with torch.no_grad():
         method.predict(images[:1], category)  # warm-up: text features, allocator, kernels
         plain_forward(method, images[:1])
-        predict = seconds_per_call(lambda: [method.predict(x[None], category) for x in images], repeats) / len(images)
-        plain = seconds_per_call(lambda: [plain_forward(method, x[None]) for x in images], repeats) / len(images)
-    return {"seconds_per_image": predict, "plain_seconds_per_image": plain, "ratio": predict / plain, "images_per_second": 1 / predict}
+        for _ in range(repeats):
+            for name, call in calls.items():
+                wall, cpu = timed_call(call)
+                best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    (predict, predict_cpu), (plain, plain_cpu) = best["predict"], best["plain"]
+    return {"seconds_per_image": predict / len(images), "plain_seconds_per_image": plain / len(images),
+            "ratio": predict / plain, "cpu_ratio": predict_cpu / plain_cpu, "images_per_second": len(images) / predict}
 
 
 @torch.no_grad()
