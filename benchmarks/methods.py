@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,14 +97,17 @@ def measure_entry(entry: Entry, n_images: int, quick: bool, repeats: int) -> tup
 
 def peak_memory_gb(entry: Entry, quick: bool) -> float:
     """Peak resident memory of a fresh process that builds the entry's method, sets its references and
-    scores one image (Linux ``ru_maxrss``): the whole process with Python and torch, an upper bound."""
+    scores one image: the whole process with Python and torch, an upper bound (Linux only)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(_measured_peak_rss_gb, entry, quick).result()
 
 
 def _measured_peak_rss_gb(entry: Entry, quick: bool) -> float:
     measure_entry(entry, 1, quick, 1)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    # VmHWM is this process image's own peak; ru_maxrss would also carry the parent's peak, which a
+    # spawned child inherits through the fork that precedes its exec
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 2**20
 
 
 def main() -> None:

@@ -144,10 +144,12 @@ def _seed_level(results_df: pd.DataFrame, profile: str) -> pd.DataFrame:
 
 
 def _over_seeds(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean, sample std and count over seeds, after averaging each seed over the fields not in ``keys``."""
+    """Mean, sample std, population std (ddof=0, sowa spec §3.3 logs both) and count over seeds,
+    after averaging each seed over the fields not in ``keys``."""
     per_seed = seeds.groupby(keys + ["seed"], dropna=False)["value"].mean().reset_index()
     stats = per_seed.groupby(keys, dropna=False)["value"].agg(
-        reproduced="mean", reproduced_std=lambda s: s.std(ddof=STD_DDOF), n_seeds="count")
+        reproduced="mean", reproduced_std=lambda s: s.std(ddof=STD_DDOF), reproduced_std_ddof0=lambda s: s.std(ddof=0),
+        n_seeds="count")
     return stats.reset_index()
 
 
@@ -185,7 +187,7 @@ def _attach_reproduced(frame: pd.DataFrame, seeds: pd.DataFrame, profile: str) -
         keys = [f for f in MATCH_FIELDS if not is_open.get(f, False)]
         stats = _over_seeds(seeds, keys)
         parts.append(part.reset_index().merge(stats, on=keys, how="left").set_index("index"))
-    stats_cols = ["reproduced", "reproduced_std", "n_seeds"]
+    stats_cols = ["reproduced", "reproduced_std", "reproduced_std_ddof0", "n_seeds"]
     found = pd.concat(parts).reindex(range(len(keyed)))[stats_cols] if parts else pd.DataFrame(columns=stats_cols)
     out = frame.reset_index(drop=True).assign(**{c: found[c].to_numpy() for c in stats_cols})
     return out.assign(n_seeds=out["n_seeds"].fillna(0).astype(int))
@@ -211,7 +213,7 @@ def _in_claim_unit(out: pd.DataFrame) -> pd.DataFrame:
     """The VAND leaderboards print F1-max as a fraction; the reproduced percentages follow."""
     fraction = (out["setting"] == "leaderboard") & out["metric"].isin(QUALITY_METRICS)
     scale = np.where(fraction, 0.01, 1.0)
-    return out.assign(reproduced=out["reproduced"] * scale, reproduced_std=out["reproduced_std"] * scale)
+    return out.assign(**{c: out[c] * scale for c in ("reproduced", "reproduced_std", "reproduced_std_ddof0")})
 
 
 def _compared(frame: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> pd.DataFrame:
@@ -226,7 +228,8 @@ def _compared(frame: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> pd.Data
 
 
 def compare(results_df: pd.DataFrame, profile: str, claims: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every claim with ``reproduced``, ``reproduced_std``, ``n_seeds``, ``delta``, ``tolerance``, ``status``."""
+    """Every claim with ``reproduced``, ``reproduced_std`` (ddof=1), ``reproduced_std_ddof0``, ``n_seeds``,
+    ``delta``, ``tolerance``, ``status``."""
     claims = load_claims() if claims is None else claims
     return _compared(claims, _seed_level(results_df, profile), profile)
 
@@ -394,10 +397,14 @@ def write_table(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def build_all(results_df: pd.DataFrame, profile: str, out_dir: Path) -> list[Path]:
-    """Write every table in ``TABLE_IDS`` and the summary under ``out_dir`` (``results/<profile>/tables``)."""
+    """Write every table in ``TABLE_IDS``, the summary, and ``claims_vs_reproduced.csv`` (every claim
+    in long format beside its reproduced statistics, :func:`compare`) under ``out_dir``
+    (``results/<profile>/tables``)."""
     claims, seeds = load_claims(), _seed_level(results_df, profile)
     paths = [p for layout in LAYOUTS.values() for p in write_table(_shape(layout, claims, seeds, profile), out_dir)]
-    return paths + write_table(summary_table(results_df, profile, claims), out_dir)
+    long_format = Path(out_dir) / "claims_vs_reproduced.csv"
+    _compared(claims, seeds, profile).to_csv(long_format, index=False)
+    return paths + write_table(summary_table(results_df, profile, claims), out_dir) + [long_format]
 
 
 __all__ = [

@@ -2,6 +2,8 @@
 missing runs, banners and the summary."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -193,7 +195,9 @@ def test_build_all_writes_every_table_in_its_layout(tmp_path) -> None:
     claims = load_claims()
     assert {(l.paper, l.table) for l in tables.LAYOUTS.values()} == set(zip(claims["paper"], claims["table"]))
     paths = tables.build_all(_store([]), "demo", tmp_path)
-    assert len(paths) == 3 * (len(tables.TABLE_IDS) + 1) and all(p.is_file() for p in paths)
+    assert len(paths) == 3 * (len(tables.TABLE_IDS) + 1) + 1 and all(p.is_file() for p in paths)
+    long_format = pd.read_csv(tmp_path / "claims_vs_reproduced.csv")
+    assert len(long_format) == len(claims) and set(long_format["status"]) <= {"not_run", "no_producer"}
     for table_id, layout in tables.LAYOUTS.items():
         mine = claims[(claims["paper"] == layout.paper) & (claims["table"] == layout.table)]
         written = pd.read_csv(tmp_path / f"{table_id}.csv", comment="#", dtype=str, keep_default_na=False)
@@ -232,3 +236,12 @@ def test_own_tables_refuse_mixed_profiles() -> None:
     mixed = pd.concat([_own_results(), _own_results().assign(profile="paper")])
     with pytest.raises(ValueError, match="one profile"):
         tables.overview(mixed)
+
+
+def test_seed_std_is_reported_with_both_ddofs(zero_shot_mvtec) -> None:
+    """Two seeds at claim +0.2 and +0.4 points: sample std 0.2/√2, population std 0.1 (sowa spec §3.3)."""
+    compared = tables.compare(zero_shot_mvtec, "paper", load_claims("april_gan"))
+    bottle = compared[(compared["table"] == "Table 5") & (compared["category"] == "bottle") & (compared["metric"] == "pixel_auroc")]
+    assert len(bottle) == 1 and bottle["n_seeds"].item() == 2
+    assert bottle["reproduced_std"].item() == pytest.approx(0.2 / math.sqrt(2), abs=1e-9)
+    assert bottle["reproduced_std_ddof0"].item() == pytest.approx(0.1, abs=1e-9)
