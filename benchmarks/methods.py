@@ -77,12 +77,8 @@ def built(name: str, options: dict[str, Any]) -> AnomalyMethod:
 def decoder_gflops(method: AnomalyMethod) -> float:
     """GFLOPs of AGPNet's decoder alone on one image's target tokens: the learnable part, which
     Table 9's count may be limited to (the frozen DINO forward is most of a whole ``predict``)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     tokens = torch.randn(1, method.decoder_shape["tokens"], method.decoder_shape["feature_dim"], device=method.device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        method.decoder(tokens)
-    return counter.get_total_flops() / 1e9
+    return speed.gflops(lambda: method.decoder(tokens))
 
 
 def measure_entry(entry: Entry, n_images: int, quick: bool, repeats: int) -> tuple[int, dict[str, float]]:
@@ -95,14 +91,15 @@ def measure_entry(entry: Entry, n_images: int, quick: bool, repeats: int) -> tup
     return size, speed.measure(method, images, references, "bottle", repeats)
 
 
-def peak_memory_gb(entry: Entry, quick: bool) -> float:
+def peak_memory_gb(entry: Entry, quick: bool, threads: int) -> float:
     """Peak resident memory of a fresh process that builds the entry's method, sets its references and
     scores one image: the whole process with Python and torch, an upper bound (Linux only)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_measured_peak_rss_gb, entry, quick).result()
+        return pool.submit(_measured_peak_rss_gb, entry, quick, threads).result()
 
 
-def _measured_peak_rss_gb(entry: Entry, quick: bool) -> float:
+def _measured_peak_rss_gb(entry: Entry, quick: bool, threads: int) -> float:
+    torch.set_num_threads(threads)
     measure_entry(entry, 1, quick, 1)
     # VmHWM is this process image's own peak; ru_maxrss would also carry the parent's peak, which a
     # spawned child inherits through the fork that precedes its exec
@@ -134,11 +131,11 @@ def main() -> None:
             verdict = "pass" if timing["cpu_ratio"] <= entry.target_ratio else "FAIL"
             print(f"    target ≤ {entry.target_ratio:.2f} at K={entry.shots} (cpu ratio): {verdict} ({timing['cpu_ratio']:.2f})", flush=True)
         if entry.memory_budget_gb is not None:
-            peak = peak_memory_gb(entry, args.quick)
+            peak = peak_memory_gb(entry, args.quick, args.threads)
             verdict = "pass" if peak <= entry.memory_budget_gb else "FAIL"
             print(f"    peak memory at K={entry.shots}, {size}px: {peak:.2f} GB, whole process (budget {entry.memory_budget_gb} GB): {verdict}", flush=True)
         if entry.paper_efficiency:
-            method = build(entry.method, **entry.options).eval()
+            method = built(entry.method, entry.options)
             params, gflops = speed.learnable_params_and_gflops(method, entry.shots)
             paper = entry.paper_efficiency
             print(f"    {1 / method_time:.1f} images/s here (paper {paper.fps} FPS on an RTX 4090, batch 32); "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing import connection
 import os
+import pickle
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -61,11 +62,12 @@ def _execute(job: Any) -> list[str]:
     return execute_job(job)
 
 
-def _execute_in_worker(job: Any) -> list[str]:
-    """:func:`_execute` in a dedicated worker process (never the driver): offline first, so that the
-    libraries that read the variable at import see it."""
+def _execute_in_worker(pickled_job: bytes) -> list[str]:
+    """:func:`_execute` in a dedicated worker process (never the driver). The job arrives pickled and
+    is unpickled only once the worker is offline, so that no library the job's classes import can
+    read the variable before it is set."""
     os.environ.update(OFFLINE_ENVIRONMENT)
-    return _execute(job)
+    return _execute(pickle.loads(pickled_job))
 
 
 def _uses_cuda(jobs: Sequence[Any]) -> bool:
@@ -78,12 +80,6 @@ class Executor:
 
     retries: int = 1
     progress: bool = True
-
-    def run(self, jobs: Sequence[Any], desc: str = "jobs") -> None:
-        """Run ``jobs``; raise :class:`SweepError` listing those still failing after their retries."""
-        failures = self.attempt(jobs, desc)
-        if failures:
-            raise sweep_error(failures, self.retries)
 
     def attempt(self, jobs: Sequence[Any], desc: str = "jobs") -> list[Outcome]:
         """Run ``jobs``, retrying each failed one up to ``retries`` times; return those still failing."""
@@ -137,7 +133,7 @@ def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[Outcome]:
         while pending and len(running) < parallel:
             job = pending.pop(0)
             receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_report, args=(job, sender), daemon=True)
+            process = context.Process(target=_report, args=(pickle.dumps(job), sender), daemon=True)
             process.start()
             sender.close()
             running[process.sentinel] = (process, job, receiver)
@@ -152,8 +148,8 @@ def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[Outcome]:
             yield Outcome(job, error)
 
 
-def _report(job: Any, sender: connection.Connection) -> None:
-    sender.send(_guarded(job, _execute_in_worker).error)
+def _report(pickled_job: bytes, sender: connection.Connection) -> None:
+    sender.send(_guarded(pickled_job, _execute_in_worker).error)
     sender.close()
 
 
@@ -218,7 +214,7 @@ class SlurmExecutor(Executor):
             gpus = self.gpus_per_node if self.gpus_per_node is not None else int(_uses_cuda(jobs))
             params.update(gpus_per_node=gpus, **({"slurm_partition": self.partition} if self.partition else {}))
         executor.update_parameters(**params)
-        handles = executor.map_array(_execute_in_worker, jobs)
+        handles = executor.map_array(_execute_in_worker, [pickle.dumps(job) for job in jobs])
         outcomes = []
         for handle, job in tqdm(list(zip(handles, jobs)), desc=desc, disable=not self.progress):
             try:
@@ -244,7 +240,9 @@ ENVIRONMENT_OPTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "all": {"retries": ("RETRIES", int)},
     "local": {"jobs": ("JOBS", int)},
     "ray": {"address": ("RAY_ADDRESS", str), "num_gpus": ("RAY_NUM_GPUS", float), "num_cpus": ("RAY_NUM_CPUS", float)},
-    "slurm": {"partition": ("SLURM_PARTITION", str), "gpus_per_node": ("SLURM_GPUS", int), "timeout_min": ("SLURM_TIME_MIN", int)},
+    # prefixed: SLURM itself reads SLURM_PARTITION and sets SLURM_GPUS inside an allocation
+    "slurm": {"partition": ("SOWA_SLURM_PARTITION", str), "gpus_per_node": ("SOWA_SLURM_GPUS", int),
+              "timeout_min": ("SOWA_SLURM_TIME_MIN", int)},
 }
 
 
@@ -265,4 +263,4 @@ def _parse_variable(variable: str, kind: type) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"{variable}={value!r} is not a {kind.__name__}; set it to a plain number or unset it") from None
+        raise ValueError(f"{variable}={value!r} is not a valid {kind.__name__}; set it to a plain number or unset it") from None

@@ -67,14 +67,19 @@ def measure(method: AnomalyMethod, images: torch.Tensor, references: torch.Tenso
 
 
 @torch.no_grad()
-def learnable_params_and_gflops(method: AnomalyMethod, shots: int = 0) -> tuple[float, float]:
-    """(learnable parameters in millions, GFLOPs of one ``predict`` on one image); FLOPs counted by
-    ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
+def gflops(call: Callable[[], Any]) -> float:
+    """GFLOPs of one ``call``, counted by ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops() / 1e9
+
+
+@torch.no_grad()
+def learnable_params_and_gflops(method: AnomalyMethod, shots: int = 0) -> tuple[float, float]:
+    """(learnable parameters in millions, :func:`gflops` of one ``predict`` on one image)."""
     params = sum(p.numel() for p in method.parameters() if p.requires_grad) / 1e6
     size = method.image_size
     method.set_references(torch.randn(shots, 3, size, size, device=method.device), "object")
-    with FlopCounterMode(display=False) as counter:
-        method.predict(torch.randn(1, 3, size, size, device=method.device), "object")
-    return params, counter.get_total_flops() / 1e9
+    return params, gflops(lambda: method.predict(torch.randn(1, 3, size, size, device=method.device), "object"))

@@ -126,6 +126,16 @@ def test_uncached_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
         load_clip("ViT-B-16-plus-240", "no_such_tag", quick_gelu=False)
 
 
+def test_offline_worker_raises_instead_of_downloading(tmp_path, monkeypatch):
+    def download(*args, **kwargs):
+        raise AssertionError("an offline worker must not download")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(clip_module, "download_pretrained", download)
+    with pytest.raises(WeightsNotFoundError, match=r"ViT-L-14-336px\.pt is missing and downloads are off"):
+        load_clip("ViT-L-14-336", "openai", quick_gelu=True, cache_dir=str(tmp_path))
+
+
 @pytest.mark.parametrize("method", ["winclip", "april_gan"])
 def test_demo_profile_on_the_tiny_clip_is_fast(method):
     """The tiny CLIP keeps the demo quick: a few hundred thousand vision weights, and far under a

@@ -137,15 +137,15 @@ def test_executor_options_come_from_the_environment(monkeypatch):
     from sowa_lib.executors import RayExecutor, SlurmExecutor, worker_environment
 
     for variable, value in {"JOBS": "3", "RETRIES": "4", "RAY_NUM_GPUS": "0.5", "RAY_NUM_CPUS": "2",
-                            "SLURM_GPUS": "2", "SLURM_TIME_MIN": "90", "SLURM_PARTITION": "gpu"}.items():
+                            "SOWA_SLURM_GPUS": "2", "SOWA_SLURM_TIME_MIN": "90", "SOWA_SLURM_PARTITION": "gpu"}.items():
         monkeypatch.setenv(variable, value)
     local, ray_executor, slurm = get_executor("local"), get_executor("ray"), get_executor("slurm", timeout_min=30)
     assert (local.jobs, local.retries) == (3, 4)
     assert (ray_executor.num_gpus, ray_executor.num_cpus, ray_executor.retries) == (0.5, 2.0, 4)
     assert (slurm.gpus_per_node, slurm.timeout_min, slurm.partition) == (2, 30, "gpu")  # an argument beats the variable
     assert RayExecutor().num_gpus is None and SlurmExecutor().gpus_per_node is None  # None: 1 GPU on a CUDA profile
-    monkeypatch.setenv("SLURM_GPUS", "a100:2")
-    with pytest.raises(ValueError, match=r"SLURM_GPUS='a100:2' is not a int"):
+    monkeypatch.setenv("SOWA_SLURM_GPUS", "a100:2")
+    with pytest.raises(ValueError, match=r"SOWA_SLURM_GPUS='a100:2' is not a valid int"):
         get_executor("slurm")
     for variable in ("DATA_ROOT", "TORCH_HOME", "HF_HOME"):
         monkeypatch.delenv(variable, raising=False)

@@ -39,7 +39,7 @@ from open_clip.factory import load_checkpoint
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import nn
 
-from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
+from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
 
 
 @dataclass(frozen=True)
@@ -123,18 +123,18 @@ def resolve_weights(name: str, pretrained: str, cache_dir: str | None = None) ->
             f"{pretrained!r} is neither a file nor an open_clip tag of {name}; "
             f"known tags: {open_clip.list_pretrained_tags_by_model(name)}"
         )
+    known = PRETRAINED.get((name, pretrained))
+    filename = known.filename if known else os.path.basename(tag_config.get("url", "")) or "<checkpoint>.pt"
+    cached = (Path(cache_dir).expanduser() if cache_dir else OPEN_CLIP_URL_CACHE) / filename
+    fix = (f"Download {tag_config.get('url') or tag_config.get('hf_hub')} on a machine with internet and either "
+           f"put it at {cached} (open_clip's cache) or pass its path as `pretrained=`.")
+    if downloads_disabled() and not cached.is_file():
+        raise WeightsNotFoundError(f"CLIP weights {name}/{pretrained}: {cached} is missing and downloads are off (HF_HUB_OFFLINE). {fix}")
     try:
         # The URL download (prefer_hf_hub=False) caches a plain file whose name we can tell the user.
         return download_pretrained(tag_config, prefer_hf_hub=False, cache_dir=cache_dir)
     except Exception as error:  # urllib/hf errors differ by version; all mean "not available here"
-        known = PRETRAINED.get((name, pretrained))
-        filename = known.filename if known else os.path.basename(tag_config.get("url", "")) or "<checkpoint>.pt"
-        folder = Path(cache_dir).expanduser() if cache_dir else OPEN_CLIP_URL_CACHE
-        raise WeightsNotFoundError(
-            f"CLIP weights {name}/{pretrained} are not cached and cannot be downloaded ({error}). "
-            f"Download {tag_config.get('url') or tag_config.get('hf_hub')} on a machine with internet and either "
-            f"put it at {folder / filename} (open_clip's cache) or pass its path as `pretrained=`."
-        ) from error
+        raise WeightsNotFoundError(f"CLIP weights {name}/{pretrained} are not cached and cannot be downloaded ({error}). {fix}") from error
 
 
 def load_weights(model: open_clip.CLIP, path: str) -> None:

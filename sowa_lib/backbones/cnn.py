@@ -26,7 +26,6 @@ raises instead of being downloaded.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.error import URLError
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
+from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
 from sowa_lib.data.transforms import NORMALIZATION
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -132,17 +131,12 @@ def _load_state_dict(url: str, checkpoint: str | Path | None, what: str) -> dict
     cached = folder / Path(url).name
     fix = (f"Download it elsewhere and put it at {cached} (the torch hub cache, or $WEIGHTS_DIR/torch when "
            f"WEIGHTS_DIR is set), or pass checkpoint='/path/to/{Path(url).name}'.")
-    if _offline() and not cached.is_file():
+    if downloads_disabled() and not cached.is_file():
         raise WeightsNotFoundError(f"{what}: {cached} is missing and downloads are off (HF_HUB_OFFLINE). {fix}")
     try:
         return torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu", progress=False, weights_only=True)
     except (URLError, OSError) as err:
         raise WeightsNotFoundError(f"{what}: cannot download {url} ({err}). {fix}") from err
-
-
-def _offline() -> bool:
-    """Whether downloads are off: the Hugging Face hub's own switch, honoured for torch hub too."""
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _torchvision_weights(enum: type, weights: str, checkpoint: str | Path | None, what: str) -> dict[str, torch.Tensor]:

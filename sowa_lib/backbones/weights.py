@@ -21,3 +21,9 @@ def weights_cache(kind: str) -> Path | None:
     checked and download nothing — else None (each library's own default cache)."""
     root = os.environ.get(WEIGHTS_DIR_ENV)
     return Path(root).expanduser() / kind if root else None
+
+
+def downloads_disabled() -> bool:
+    """Whether downloads are off (every cluster worker runs so): the Hugging Face hub's own switch
+    ``HF_HUB_OFFLINE``, honoured here for open_clip URL and torch hub downloads too."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")

@@ -6,6 +6,7 @@ dependencies.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from sowa_lib.methods.base import AnomalyMethod, Prediction
@@ -42,8 +43,29 @@ def build(name: str, profile: str | None = None, **overrides: Any) -> AnomalyMet
     cls = method_class(name)
     options = {**cls.profiles.get(profile or "paper", {}), **overrides}
     method = cls(**options)
-    method._config = {"method": name, "profile": profile or "paper", **options}
+    method._config = {"method": name, "profile": profile or "paper", **options_in_effect(cls, options)}
     return method
 
 
-__all__ = ["AnomalyMethod", "Prediction", "available", "build", "method_class"]
+def options_in_effect(cls: type[AnomalyMethod], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus the constructor defaults of every option not given, following ``**kwargs``
+    into the parent constructors: the configuration a run records and a checkpoint is checked against,
+    so that an option given at its default value and one left out compare equal."""
+    resolved, remaining = {}, dict(options)
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        for p in parameters:
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            if p.name in remaining:
+                resolved[p.name] = remaining.pop(p.name)
+            elif p.default is not p.empty:
+                resolved.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return {**resolved, **remaining}
+
+
+__all__ = ["AnomalyMethod", "Prediction", "available", "build", "method_class", "options_in_effect"]

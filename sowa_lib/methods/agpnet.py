@@ -234,7 +234,7 @@ class _CnnTaps(nn.Module):
 
     @property
     def weights_id(self) -> str:
-        return f"{self.backbone.arch}:{self.backbone.weights or 'random'}"
+        return self.backbone.weights_id
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
