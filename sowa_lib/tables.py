@@ -334,7 +334,11 @@ def build_table(table: str, results_df: pd.DataFrame, profile: str, claims: pd.D
 def summary_table(results_df: pd.DataFrame, profile: str, claims: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per paper: how many claims were reproduced within tolerance, outside it, not run, or have no
     producer in the study."""
-    compared = compare(results_df, profile, claims)
+    return _summary(compare(results_df, profile, claims), profile)
+
+
+def _summary(compared: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """:func:`summary_table` of claims already judged (:func:`compare`)."""
     counts = pd.crosstab(compared["paper"], compared["status"]).reindex(columns=list(STATUSES), fill_value=0)
     counts = counts.reindex(list(dict.fromkeys(compared["paper"])))
     counts.loc["total"] = counts.sum()
@@ -402,9 +406,10 @@ def build_all(results_df: pd.DataFrame, profile: str, out_dir: Path) -> list[Pat
     (``results/<profile>/tables``)."""
     claims, seeds = load_claims(), _seed_level(results_df, profile)
     paths = [p for layout in LAYOUTS.values() for p in write_table(_shape(layout, claims, seeds, profile), out_dir)]
+    compared = _compared(claims, seeds, profile)
     long_format = Path(out_dir) / "claims_vs_reproduced.csv"
-    _compared(claims, seeds, profile).to_csv(long_format, index=False)
-    return paths + write_table(summary_table(results_df, profile, claims), out_dir) + [long_format]
+    compared.to_csv(long_format, index=False)
+    return paths + write_table(_summary(compared, profile), out_dir) + [long_format]
 
 
 __all__ = [
