@@ -56,6 +56,8 @@ MASK_SOURCES = ("both", "prior", "teacher")
 CHECKPOINT_NAME = "last.pt"
 #: ViTAD's learning-rate rule [V]: ``BASE_LR × batch_size / LR_REFERENCE_BATCH``.
 BASE_LR, LR_REFERENCE_BATCH = 1e-4, 8
+#: Decoder width and heads behind a CNN extractor, which has no ViT width to follow [?]: ViT-S's.
+CNN_DECODER_DIM, CNN_DECODER_HEADS = 384, 6
 
 # ------------------------------------------------------------------------------- schedules (§2–3)
 # Epochs are 1-based. Every schedule is a function of (epoch, total epochs) with its breakpoints as
@@ -429,8 +431,8 @@ class AGPNet(AnomalyMethod):
         self.extractor, self.normalization = build_extractor(backbone, pretrained, image_size, taps, attention_blocks)
         self.decoder_shape = dict(
             feature_dim=self.extractor.width, tokens=self.extractor.grid_size ** 2,
-            dim=decoder_dim or (self.extractor.width if self.extractor.num_heads else 384),
-            depth=decoder_depth, heads=decoder_heads or self.extractor.num_heads or 6, mlp_ratio=decoder_mlp_ratio,
+            dim=decoder_dim or (self.extractor.width if self.extractor.num_heads else CNN_DECODER_DIM),
+            depth=decoder_depth, heads=decoder_heads or self.extractor.num_heads or CNN_DECODER_HEADS, mlp_ratio=decoder_mlp_ratio,
         )
         self.epochs, self.batch_size, self.weight_decay, self.lr_decay_fraction = epochs, batch_size, weight_decay, lr_decay_fraction
         self.lr = lr if lr is not None else BASE_LR * batch_size / LR_REFERENCE_BATCH
@@ -667,6 +669,8 @@ def unstated_values() -> list[UnstatedValue]:
         UnstatedValue("taps (ViT)", DEFAULT_VIT_TAPS, "?", "0-based blocks (1-based 3/6/9/12): 'shallow + deep' of Table 8"),
         UnstatedValue("taps (CNN)", DEFAULT_CNN_TAPS, "?", "stages at strides 4/8/16 for the CNN backbone ablation"),
         UnstatedValue("lr", f"{BASE_LR:g} × batch_size / {LR_REFERENCE_BATCH}", "V", "initial AdamW learning rate"),
+        UnstatedValue("decoder (CNN)", f"dim {CNN_DECODER_DIM}, {CNN_DECODER_HEADS} heads", "?",
+                      "backbone ablation (Table 6): ViT-S's width, as a CNN has none to follow"),
         UnstatedValue("CLIP ViT-B weights", f"{CLIP_VIT_B} / {CLIP_PRETRAINED}", "?", "Table 6 does not name the checkpoint"),
     ]
     behaviours = [
