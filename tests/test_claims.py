@@ -1,11 +1,10 @@
-"""Claims (issue 6): schema, vocabularies, every value checked against the paper text, and the
+"""Claims (issue 6): schema, vocabularies, every value checked against its stored printed source row
+(on any clone) and those rows against the full paper texts (where they are present), and the
 numbers that two papers (or a paper and a figure) print differently."""
 from __future__ import annotations
 
 import re
-import sys
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,8 +14,6 @@ from sowa_lib.claims import (
     raw_claims, validate,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-PAPER_DIR, SPEC_DIR = SHARED / "papers", SHARED / "specs"
 
 # Claims per (paper, table): a guard against silently lost or duplicated rows.
 EXPECTED_COUNTS = {
@@ -28,33 +25,8 @@ EXPECTED_COUNTS = {
                "Table 7": 14, "Table 8": 12, "Table 9": 15, "Table 10": 43},
 }
 
-# Where each table lives in its text file: the first line containing `start` up to (excluding)
-# the first later line containing `end`. Digitized SOWA figure values live in the spec.
-_AG = [(f"Table {n}", f"Table {n}:", end) for n, end in [
-    (1, "Training."), (2, "3.2 Qualitative"), (3, "Table 4:"), (4, "As illustrated in the last three rows"),
-    (5, "Table 6:"), (6, "Table 7:"), (7, "Table 8:"), (8, "Table 9:"), (9, "Table 10:"), (10, "Table 11:"),
-    (11, "Table 12:"), (12, "References")]]
-REGIONS = {
-    "sowa": [("readme_table_1", "Comparisons with few-shot (K=4)", "Performance Comparison on MVTec-AD"),
-             ("readme_table_2", "Performance Comparison on MVTec-AD", "Comparisons with few-shot anomaly detection"),
-             ("fig5", "### 4.3", "### 4.4"), ("fig9", "### 4.4", "### 4.5"),
-             ("fig8a", "(a) SOWA, 0-shot", "(b) 0-shot"), ("fig8b", "(b) 0-shot", "(c) Gain"),
-             ("fig8c", "(c) Gain", "### 4.7")],
-    "april_gan": _AG,
-    "winclip": [("abstract", "Abstract", "Tasks"), ("pwc_benchmark", "Benchmark Results", "Reproductions")],
-    "agpnet": [("Table 1", "In particular, we performed a 32-fold", "4.2 Anomaly Detection on MVTec-AD"),
-               ("Table 2", "The heatmaps which generate by", "Evaluation on MVTec-AD under the one-class setting"),
-               ("Table 3", "suitability for diverse real-world applications.", "4.3 Anomaly Detection on VisA"),
-               ("Table 4", "4.4 Anomaly Detection on MVTec-3D", "Baseline. To further verify"),
-               ("Table 5", "4.5 Ablation Study", "Attention-Guided Noise. Table 5"),
-               ("Table 6", "Attention-Guided Noise. Table 5", "Backbone. To prove"),
-               ("Table 7", "Multi-Layer Features. Table 8", "Mean Teacher Decoder. Table 8"),
-               ("Table 8", "Easy-to-Hard Noise Addition", "Attention Map. Table 7"),
-               ("Table 9", "4.6 Efficiency Comparison", "In addition to model performance"),
-               ("Table 10", "4.7 Extending to Few-shot", "5 Limitation")],
-}
-SOURCE = re.compile(r"^(?P<file>[^:;]+):L(?P<line>\d+); (?P<table>[^;]+); row '(?P<row>[^']*)'; col '(?P<col>[^']*)'")
-# Tables printed as prose, not as rows and columns: the value is looked up on the cited line.
+SOURCE = re.compile(r"^(?P<ref>[^;]+); (?P<table>[^;]+); row '(?P<row>[^']*)'; col '(?P<col>[^']*)'")
+# Tables with no column structure: the value is looked up anywhere on its printed row.
 PROSE_TABLES = {("winclip", "abstract"), ("winclip", "pwc_benchmark")}
 # AGPNet's export lost most column headers: ``column N`` counts cells after the row label (``Ours``
 # is the last), and a trailing metric picks its part of an ``I-AUC / P-AUC / PRO`` cell.
@@ -104,22 +76,16 @@ def test_inferred_and_digitized_claims_say_why() -> None:
     claims = load_claims()
     assert claims.loc[claims["inferred"], "source"].str.contains("; note: ").all()
     digitized = claims[claims["digitized"]]
-    assert digitized["source"].str.startswith("sowa.md:").all()
+    assert digitized["source"].str.contains("digitized by this study").all()
     assert (digitized["table"].str.startswith("fig")).all()
     # The stated reading uncertainty is kept wherever the spec states one (fig9 bar labels state none).
     assert digitized.loc[digitized["table"] != "fig9", "uncertainty"].notna().all()
 
 
-def _region(lines: list[str], start: str, end: str) -> range:
-    first = next(i for i, line in enumerate(lines) if start in line)
-    last = next(i for i in range(first + 1, len(lines)) if end in lines[i])
-    return range(first, last)
-
-
 def _value_pattern(value: str, std: str) -> re.Pattern[str]:
-    """The printed number, followed by its ± std (April-GAN's export spells it ``±plus-or-minus\\pm``)
-    when it has one, and not followed by a ± when it has none."""
-    tail = r"±(?:plus-or-minus\\pm)?" + re.escape(std) + r"(?![\d])" if std else r"(?![\d]|±)"
+    """The printed number, followed by its ± std when it has one, and not followed by a ± when it
+    has none."""
+    tail = r"±" + re.escape(std) + r"(?![\d])" if std else r"(?![\d]|±)"
     return re.compile(r"(?<![\d.])" + re.escape(value) + tail)
 
 
@@ -133,41 +99,39 @@ def _subcell(cell: str, index: int) -> str | None:
     return parts[index].strip() if index < len(parts) else None
 
 
-def _whitespace_cell(lines: list[str], number: int, region: range, row: str, col: str) -> str | None:
+def _whitespace_cell(header: str, line: str, row: str, col: str) -> str | None:
     """April-GAN's tables: after the row label, one whitespace-separated value per header column
     (the header's last columns; leading ones such as ``Setting Method`` label the row)."""
-    values = lines[number].split(row, 1)[1].split()
-    header = next((lines[i].split() for i in range(number - 1, region.start - 1, -1) if col in lines[i].split()), [])
-    columns = header[-len(values):] if values else []
+    values = line.split(row, 1)[1].split()
+    columns = header.split()[-len(values):] if values else []
     return values[columns.index(col)] if col in columns else None
 
 
-def _pipe_cell(lines: list[str], number: int, region: range, col: str) -> str | None:
+def _pipe_cell(header_line: str, line: str, col: str) -> str | None:
     """The cell of a '|'-separated line under column ``col``: a header cell named ``col`` (or
     starting with it, e.g. ``K=1 (two markers)``), a part of a combined header cell such as
     ``I-AUC/P-AUC(%)``, or, where AGPNet's export lost the header, ``column N`` (N-th cell after the
     row label; ``Ours`` is the last) with ``I-AUC``/``P-AUC``/``PRO`` picking the part of an
     ``I-AUC / P-AUC / PRO`` cell."""
-    cells = _cells(lines[number])
+    cells = _cells(line)
     positional = AGPNET_POSITIONAL.fullmatch(col)
     if positional:
         index = int(positional["n"]) if positional["n"] else max(i for i, cell in enumerate(cells) if cell)
         if index >= len(cells):
             return None
         return _subcell(cells[index], AGPNET_PARTS.index(positional["part"])) if positional["part"] else cells[index]
-    for i in range(number - 1, region.start - 1, -1):
-        header = _cells(lines[i]) if "|" in lines[i] else []
-        # A row whose leading, row-spanning cell the export dropped (``| Visa | 87.3±1.8 | ... | |``)
-        # is short by that many cells at the front.
-        shift = max(0, _width(header) - _width(cells))
-        for index, name in enumerate(header):
-            parts = [part.strip() for part in name.removesuffix("(%)").split("/")]
-            if not 0 <= index - shift < len(cells):
-                continue
-            if name == col or name.startswith(col + " "):
-                return cells[index - shift]
-            if len(parts) > 1 and col in parts:
-                return _subcell(cells[index - shift], parts.index(col))
+    header = _cells(header_line) if "|" in header_line else []
+    # A row whose leading, row-spanning cell the export dropped (``| Visa | 87.3±1.8 | ... |``) is
+    # short by that many cells at the front.
+    shift = max(0, _width(header) - _width(cells))
+    for index, name in enumerate(header):
+        parts = [part.strip() for part in name.removesuffix("(%)").split("/")]
+        if not 0 <= index - shift < len(cells):
+            continue
+        if name == col or name.startswith(col + " "):
+            return cells[index - shift]
+        if len(parts) > 1 and col in parts:
+            return _subcell(cells[index - shift], parts.index(col))
     return None
 
 
@@ -176,92 +140,68 @@ def _width(cells: list[str]) -> int:
     return max((i + 1 for i, cell in enumerate(cells) if cell), default=0)
 
 
-def _cited_cell(lines: list[str], number: int, region: range, row: str, col: str) -> str | None:
-    """The text of the table cell at (row label on line ``number``, column ``col``); None when the
-    column cannot be found."""
-    if "|" in lines[number]:
-        return _pipe_cell(lines, number, region, col)
-    return _whitespace_cell(lines, number, region, row, col)
+def _cited_cell(header: str, line: str, row: str, col: str) -> str | None:
+    """The text of the table cell at (row label ``row`` on ``line``, column ``col`` named in
+    ``header``); None when the column cannot be found."""
+    if "|" in line:
+        return _pipe_cell(header, line, col)
+    return _whitespace_cell(header, line, row, col)
 
 
-def _source_dir(file: str) -> Path:
-    return SPEC_DIR if file.endswith(".md") else PAPER_DIR
-
-
-def _text_problems(paper: str, raw: pd.DataFrame) -> list[str]:
-    """Every row of ``raw`` whose value is not printed at its source: the cited line must lie in the
-    table's region and carry the row label, and the value (with its std) must stand in the cited
-    column; in the prose tables of ``PROSE_TABLES`` it must appear on the line."""
-    regions = {table: (start, end) for table, start, end in REGIONS[paper]}
-    texts: dict[str, list[str]] = {}
-    spans: dict[tuple[str, str], range] = {}
+def _row_problems(paper: str, raw: pd.DataFrame) -> list[str]:
+    """Every claim of ``raw`` whose value is not printed in its stored source row: the row must carry
+    the row label, and the value (with its std) must stand in the cited column, found under the
+    stored column heads; in the tables of ``PROSE_TABLES`` it must stand on the row."""
     problems = []
-    for index, row in raw.iterrows():
-        match = SOURCE.match(row["source"])
-        if not match or match["table"] != row["table"]:
-            problems.append(f"row {index + 2}: malformed source {row['source']!r}")
+    for index, claim in raw.iterrows():
+        match = SOURCE.match(claim["source"])
+        if not match or match["table"] != claim["table"]:
+            problems.append(f"row {index + 2}: malformed source {claim['source']!r}")
             continue
-        lines = texts.setdefault(match["file"], (_source_dir(match["file"]) / match["file"]).read_text().split("\n"))
-        region = spans.setdefault((match["file"], row["table"]), _region(lines, *regions[row["table"]]))
-        number = int(match["line"]) - 1
-        text, pattern = lines[number], _value_pattern(row["value"], row["std"])
-        printed = f"{row['value']}±{row['std'] or '∅'}"
-        if number not in region:
-            problems.append(f"row {index + 2}: line {number + 1} is outside {row['table']}")
-        elif match["row"] not in text:
-            problems.append(f"row {index + 2}: row label {match['row']!r} not on line {number + 1}")
-        elif (paper, row["table"]) in PROSE_TABLES:
-            if not pattern.search(text):
-                problems.append(f"row {index + 2}: {printed} not on line {number + 1}: {text[:120]}")
+        line, pattern = claim["source_row"], _value_pattern(claim["value"], claim["std"])
+        printed = f"{claim['value']}±{claim['std'] or '∅'}"
+        if match["row"] not in line:
+            problems.append(f"row {index + 2}: row label {match['row']!r} not in its source row {line!r}")
+        elif (paper, claim["table"]) in PROSE_TABLES:
+            if not pattern.search(line):
+                problems.append(f"row {index + 2}: {printed} not in its source row {line!r}")
         else:
-            cell = _cited_cell(lines, number, region, match["row"], match["col"])
+            cell = _cited_cell(claim["source_header"], line, match["row"], match["col"])
             if cell is None:
-                problems.append(f"row {index + 2}: column {match['col']!r} not found for line {number + 1}")
+                problems.append(f"row {index + 2}: column {match['col']!r} not in its source header "
+                                f"{claim['source_header']!r}")
             elif not pattern.search(cell):
-                problems.append(f"row {index + 2}: {printed} not in column {match['col']!r} of line {number + 1} "
+                problems.append(f"row {index + 2}: {printed} not in column {match['col']!r} of its source row "
                                 f"(the cell reads {cell!r})")
     return problems
 
 
-def _checkable(raw: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose source text is here (the paper texts for printed values, the specs for
-    SOWA's digitized figure values)."""
-    files = raw["source"].str.extract(SOURCE)["file"].fillna("")
-    return raw[[_source_dir(file).is_dir() for file in files]]
-
-
 @pytest.mark.parametrize("paper", PAPERS)
-def test_every_value_is_printed_in_its_table(paper: str) -> None:
-    raw = raw_claims(paper)
-    here = _checkable(raw)
-    if here.empty:
-        pytest.skip(f"no source text found ({PAPER_DIR}, {SPEC_DIR}); cannot check {paper}'s claims against it")
-    if len(here) < len(raw):
-        warnings.warn(f"{len(raw) - len(here)} of {paper}'s claims not checked: their source text "
-                      f"({PAPER_DIR} or {SPEC_DIR}) is absent", stacklevel=1)
-    assert _text_problems(paper, here) == []
+def test_every_value_is_printed_in_its_source_row(paper: str) -> None:
+    assert _row_problems(paper, raw_claims(paper)) == []
 
 
-def test_missing_specs_skip_only_the_digitized_figure_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sys.modules[__name__], "SPEC_DIR", tmp_path / "absent")
-    raw = raw_claims("sowa")
-    here = _checkable(raw)
-    assert not here["digitized"].eq("True").any()
-    assert len(here) == raw["digitized"].eq("False").sum() > 0
-
-
-@pytest.mark.skipif(not PAPER_DIR.is_dir(), reason=f"paper texts not found at {PAPER_DIR}")
 def test_a_value_in_the_wrong_column_is_caught() -> None:
-    """Swapping AP-segm and PRO-segm on April-GAN Table 5's carpet row (both numbers are on the
-    line) breaks exactly those two claims."""
+    """Swapping AP-segm and PRO-segm on April-GAN Table 5's carpet row (both numbers are in the
+    row) breaks exactly those two claims."""
     raw = raw_claims("april_gan")
     carpet = raw[(raw["table"] == "Table 5") & (raw["category"] == "carpet")]
     pair = carpet.set_index("metric").loc[["pixel_ap", "aupro"]]
     swapped = raw.copy()
     swapped.loc[carpet.index[carpet["metric"] == "pixel_ap"], "value"] = pair.loc["aupro", "value"]
     swapped.loc[carpet.index[carpet["metric"] == "aupro"], "value"] = pair.loc["pixel_ap", "value"]
-    problems = _text_problems("april_gan", swapped.loc[carpet.index])
+    problems = _row_problems("april_gan", swapped.loc[carpet.index])
     assert len(problems) == 2 and all("not in column" in p for p in problems), problems
+
+
+def test_a_value_on_the_wrong_row_is_caught() -> None:
+    """A claim citing carpet but storing bottle's row (AGPNet Table 1, positional columns) fails."""
+    raw = raw_claims("agpnet")
+    table = raw[raw["table"] == "Table 1"]
+    bottle = table[table["source_row"].str.startswith("Bottle ")].iloc[0]
+    moved = table[table["source_row"].str.startswith("Cable ")].head(1).assign(source_row=bottle["source_row"])
+    problems = _row_problems("agpnet", moved)
+    assert len(problems) == 1 and "row label 'Cable' not in" in problems[0], problems
 
 
 # Every disagreement that exists in the papers, with its explanation. A new disagreement (a

@@ -1,8 +1,10 @@
 """The papers' claims as data: one row per printed number (issue 6, "Claims").
 
 One CSV per paper lives next to this module (``sowa.csv``, ``april_gan.csv``, ``winclip.csv``,
-``agpnet.csv``), transcribed from the paper text files in ``../shared/papers/`` (SOWA figure values
-from the digitization in ``../shared/specs/sowa.md`` §4.3–4.6). Columns (``CLAIM_COLUMNS``):
+``agpnet.csv``), transcribed from the papers' texts (SOWA figure values from this study's
+digitization of the README figures). Each row carries the printed line it was read from, so the
+check that every value stands where its source says (``tests/test_claims.py``) runs on any clone.
+Columns (``CLAIM_COLUMNS``):
 
 - ``paper``: the paper that *prints* the number (a number printed by two papers has two rows).
 - ``table``: the paper's own table id (``Table 3``) or name (``readme_table_1``, ``fig5``, ``abstract``).
@@ -18,8 +20,12 @@ from the digitization in ``../shared/specs/sowa.md`` §4.3–4.6). Columns (``CL
 - ``digitized`` (read off a figure), ``uncertainty`` (stated reading uncertainty, points),
   ``inferred`` (an attribution that the source does not state: a column header the export lost,
   inferred from the text, or a fig5 baseline marker at K=1/2, assigned to a method from the printed
-  K=4 order, sowa spec §4.3; the reason is in ``source``), ``source``
-  (``file:Lline; table; row '...'; col '...'; note: ...``; the row label and column name as printed).
+  K=4 order; the reason is in ``source``), ``source`` (``paper; table; row '...'; col '...'; note:
+  ...``: the paper by arXiv id or repository, the row label and column name as printed).
+- ``source_row``: the row as the paper prints it (for a table, the whole printed line: row label and
+  figures; for a paragraph, the row label and the figures right after it; for a digitized figure,
+  the reading's row), and ``source_header``: the printed column heads that place ``col`` (empty
+  where the row alone places it: positional columns of AGPNet's export, prose).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import pandas as pd
 PAPERS = ("sowa", "april_gan", "winclip", "agpnet")
 CLAIM_COLUMNS = [
     "paper", "table", "dataset", "category", "method", "setting", "shots", "variant", "metric",
-    "value", "std", "digitized", "uncertainty", "inferred", "source",
+    "value", "std", "digitized", "uncertainty", "inferred", "source", "source_header", "source_row",
 ]
 # The fields that identify one claim; no two rows share them.
 KEY_COLUMNS = ["paper", "table", "dataset", "category", "method", "setting", "shots", "variant", "metric"]
@@ -100,6 +106,7 @@ def _violations(raw: pd.DataFrame, paper: str) -> list[tuple[str, pd.Series]]:
         ("digitized {digitized!r} / inferred {inferred!r} must be True or False", ~flags),
         ("uncertainty {uncertainty!r} given for a printed value", (raw["digitized"] != "True") & ~blank("uncertainty")),
         ("empty source", blank("source")),
+        ("empty source row", blank("source_row")),
     ]
 
 
