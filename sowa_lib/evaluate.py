@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,13 +100,17 @@ def checkpoint_path(profile: Profile, plan: Plan, training_set: str, seed: int) 
 
 
 def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, progress: bool) -> dict[str, Any]:
-    """Fit ``method`` on ``samples`` unless ``ckpt`` holds its trained weights; save them after."""
+    """Fit ``method`` on ``samples`` unless ``ckpt`` holds its trained weights; save them after. The
+    training's epoch snapshots (``ckpt.parts/``, what an interrupted fit resumes from) are removed
+    once ``ckpt`` is written: a completed training is only ever loaded."""
     if ckpt.is_file():
         method.load_trainable_state_dict(torch.load(ckpt, map_location=method.device, weights_only=True))
-        return {"loaded": str(ckpt)}
-    log = method.fit(samples, checkpoint_dir=ckpt.with_suffix(".parts"), progress=progress)
-    atomic_torch_save(method.trainable_state_dict(), ckpt)
-    ckpt.with_suffix(".log.json").write_text(json.dumps(log, default=float))
+        log = {"loaded": str(ckpt)}
+    else:
+        log = method.fit(samples, checkpoint_dir=ckpt.with_suffix(".parts"), progress=progress)
+        atomic_torch_save(method.trainable_state_dict(), ckpt)
+        ckpt.with_suffix(".log.json").write_text(json.dumps(log, default=float))
+    shutil.rmtree(ckpt.with_suffix(".parts"), ignore_errors=True)
     return log
 
 

@@ -123,6 +123,22 @@ def test_failed_training_does_not_stop_the_other_evaluations(demo_study):
     assert [p.parent.name for p in done] == ["brick"]
 
 
+def test_a_completed_training_keeps_its_final_checkpoint_and_not_its_epoch_snapshots(demo_study):
+    plan = _plan(method="toy_method:TrainedMeanDistance", setting="one_class", shots=(0,), seeds=(0,), categories=("brick",))
+    run_plan(plan, demo_study, progress=False)
+    folder = demo_study.run_dir / "checkpoints" / "toy_method:TrainedMeanDistance" / "default"
+    assert sorted(p.name for p in folder.iterdir()) == ["demo_a-brick_seed0.log.json", "demo_a-brick_seed0.pt"]
+    snapshots = json.loads((folder / "demo_a-brick_seed0.log.json").read_text())["snapshots"]
+    assert snapshots and all(".parts/epoch_" in s and not Path(s).exists() for s in snapshots)  # written, then removed
+    leftover = folder / "demo_a-brick_seed0.parts"  # a snapshot an older version left beside a final checkpoint
+    leftover.mkdir()
+    (leftover / "epoch_001.pt").write_bytes(b"")
+    for result in (demo_study.run_dir / "runs").rglob("*.json"):
+        result.unlink()
+    run_plan(plan, demo_study, progress=False)  # loads the checkpoint
+    assert not leftover.exists()
+
+
 def test_runs_scored_with_another_aupro_variant_are_not_reused(demo_study):
     plan = _plan(shots=(1,), seeds=(0,))
     run_plan(plan, demo_study, progress=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.training import EpochCheckpoints
 
 
 class MeanDistance(AnomalyMethod):
@@ -81,6 +82,11 @@ class TrainedMeanDistance(MeanDistance):
         self.fail_training_on = fail_training_on
 
     def fit(self, samples, *, checkpoint_dir=None, progress=True) -> dict:
+        """Writes one epoch snapshot into ``checkpoint_dir``, as the real trainings do; the log names it."""
         if samples[0].category == self.fail_training_on:
             raise RuntimeError(f"toy training failure on {self.fail_training_on}")
-        return {}
+        if checkpoint_dir is None:
+            return {}
+        weight = torch.zeros(1, requires_grad=True)
+        EpochCheckpoints(checkpoint_dir).save(1, {"weight": weight.detach()}, torch.optim.SGD([weight], lr=0.1), [0.0])
+        return {"snapshots": sorted(str(p) for p in Path(checkpoint_dir).iterdir())}
