@@ -7,9 +7,13 @@ DATA_ROOT ?=
 DATASETS ?= demo
 EXECUTOR ?= local
 NOTEBOOK ?=
-# torch is pinned to the release served from this workplace's local disk; a plain `torch` would
-# pull a multi-GB CUDA download.
+# torch/torchvision are pinned to the release this study was built and tested with (the workplace it
+# was built in serves that release from local disk). Wherever the index is PyPI, that is the CUDA
+# build on Linux: torch plus its nvidia-* and triton packages make a ~6.4 GB environment. For a
+# CPU-only build (about 2 GB in all) name an index that serves one:
+#   make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX_URL ?=
 
 .PHONY: install reproduce-all reproduce test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
 
@@ -18,7 +22,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_PINS)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -30,14 +34,18 @@ reproduce-all: install
 reproduce: install
 	$(PY) notebooks/reproduce.py --profile $(PROFILE) --executor $(EXECUTOR) --only $(NOTEBOOK) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
-## Library tests, then the notebooks re-executed by nbval on the demo profile.
+## Library tests, then the notebooks re-executed by nbval on the demo profile. Both import this
+## checkout's sowa_lib (PYTHONPATH), whichever checkout the environment was installed from.
 test: test-lib test-notebooks
 
 test-lib: install
-	$(PY) -m pytest -q tests
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests
 
+## The notebooks write their results and figures to a temporary folder (SOWA_RESULTS_DIR), never
+## into results/ or figures/.
 test-notebooks: install
-	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	PYTHONPATH=$(CURDIR) SOWA_RESULTS_DIR=$$tmp/results $(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
 
 ## Download/verify/extract benchmarks: make data DATASETS=mvtec,visa DATA_ROOT=/data
 data: install

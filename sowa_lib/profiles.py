@@ -99,8 +99,11 @@ def paper_profile(data_root: Path | None = None, results_dir: Path | None = None
 
 
 def get_profile(name: str = "demo", data_root: str | Path | None = None, results_dir: str | Path | None = None, device: str | None = None) -> Profile:
-    """The profile called ``name`` (``"demo"`` or ``"paper"``); ``device`` defaults to cpu / cuda."""
+    """The profile called ``name`` (``"demo"`` or ``"paper"``); ``device`` defaults to cpu / cuda.
+    ``results_dir`` defaults to ``$SOWA_RESULTS_DIR`` when set (``make test-notebooks`` points it at
+    a temporary folder), else ``<repo>/results``; figures go to ``figures/`` beside it."""
     data_root = Path(data_root) if data_root else None
+    results_dir = results_dir or os.environ.get("SOWA_RESULTS_DIR")
     results_dir = Path(results_dir) if results_dir else None
     if name == "demo":
         return demo_profile(data_root, results_dir, device or "cpu")

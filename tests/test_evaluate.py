@@ -266,6 +266,19 @@ def test_missing_weights_are_listed_before_the_study_starts(monkeypatch, tmp_pat
     check_weights(get_profile("demo", data_root=tmp_path), ["winclip"])  # the demo needs no weights
 
 
+def test_results_dir_defaults_to_sowa_results_dir_and_figures_follow_it(monkeypatch, tmp_path):
+    """``make test-notebooks`` sets SOWA_RESULTS_DIR so that notebooks run with their defaults write
+    nothing into the user's results/ or figures/."""
+    from sowa_lib.profiles import REPO_ROOT, get_profile
+
+    monkeypatch.delenv("SOWA_RESULTS_DIR", raising=False)
+    assert get_profile("demo").run_dir == REPO_ROOT / "results" / "demo"
+    monkeypatch.setenv("SOWA_RESULTS_DIR", str(tmp_path / "results"))
+    study = get_profile("demo")
+    assert (study.run_dir, study.figures_dir) == (tmp_path / "results" / "demo", tmp_path / "figures" / "demo")
+    assert get_profile("demo", results_dir=tmp_path / "given").run_dir == tmp_path / "given" / "demo"
+
+
 def test_few_shot_training_keeps_a_checkpoint_per_draw_and_resumes_from_it(demo_study):
     """AGPNet few-shot trains on the references inside ``set_references``: the runner gives it one
     checkpoint folder per (dataset, category, K, seed), so a lost result is recomputed without retraining."""
