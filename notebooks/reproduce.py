@@ -49,6 +49,9 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
+    """The first Ctrl-C / SIGTERM stops the kernel and unwinds; later ones are ignored meanwhile."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _stop_kernels()
     raise Interrupted(signum)
 
@@ -134,17 +137,19 @@ def main(argv: list[str] | None = None) -> int:
             finished.append(book.stem)
             print(f"   {book.stem}: {time.perf_counter() - start:.1f} s", flush=True)
     except (Interrupted, PapermillExecutionError) as err:
+        failed = out_dir / f"{book.stem}.failed.ipynb"
+        kept = f" (kept as {failed})" if failed.exists() else ""
         done = f"finished: {', '.join(finished) or 'none'}"
-        kept = out_dir / f"{book.stem}.failed.ipynb"
         if isinstance(err, Interrupted):
             _quiet_kernel_shutdown()
-            print(f"reproduce: {err} during {book.stem} (its partial copy: {kept}); {done}; rerun the same command "
-                  "to resume: finished runs are reused", file=sys.__stderr__, flush=True)
+            print(f"reproduce: {err} during {book.stem}{kept}; {done}; rerun the same command to resume: "
+                  "finished runs are reused", file=sys.__stderr__, flush=True)
             return 128 + err.signum
-        print(f"{err}\nreproduce: {book.stem} failed (its executed copy: {kept}); {done}", file=sys.stderr)
+        print(f"{err}\nreproduce: {book.stem} failed{kept}; {done}", file=sys.stderr)
         return 1
     print(f"reproduce: profile {profile.name}, {len(books)} notebook(s) in {time.perf_counter() - total:.1f} s (measured)")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

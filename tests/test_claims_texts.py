@@ -100,8 +100,8 @@ def _kind(paper: str, table: str) -> str:
 
 def _text_problems(paper: str, raw: pd.DataFrame, papers: Path, specs: Path) -> list[str]:
     """Every claim whose stored (source_header, source_row) is not what the full text prints: some
-    line of the claim's table must be that row, with that header the nearest one above placing the
-    cited column."""
+    line of the claim's table with its row label must be that row, with that header the nearest one
+    above placing the cited column. The message lists what those lines give (what to store)."""
     regions = {table: (start, end) for table, start, end in REGIONS[paper]}
     texts: dict[Path, list[str]] = {}
     spans: dict[tuple[Path, str], range] = {}
@@ -113,11 +113,10 @@ def _text_problems(paper: str, raw: pd.DataFrame, papers: Path, specs: Path) -> 
         region = spans.setdefault((path, claim["table"]), _region(lines, *regions[claim["table"]]))
         kind = _kind(paper, claim["table"])
         stored = (claim["source_header"], claim["source_row"])
-        found = [_source_of(lines, n, region, match["row"], match["col"], kind) for n in region
-                 if match["row"] in lines[n] and claim["source_row"] in _as_printed(lines[n])]
-        if stored not in found:
+        printed = [_source_of(lines, n, region, match["row"], match["col"], kind) for n in region if match["row"] in lines[n]]
+        if stored not in printed:
             problems.append(f"row {index + 2}: stored {stored} is not printed in {claim['table']} of {path.name}; "
-                            f"the lines with its row label and row give {found}")
+                            f"the lines there with its row label give {printed}")
     return problems
 
 

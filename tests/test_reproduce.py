@@ -1,7 +1,7 @@
 """``notebooks/reproduce.py`` interrupted by Ctrl-C or SIGTERM, then rerun: one line says what
 finished, an interrupted notebook is kept only as ``NAME.failed.ipynb``, and the rerun resumes,
-rewriting no result and leaving no partial notebook or run file. Driven on three tiny notebooks
-(``--notebooks``) that sweep the toy method with ``run_plan``, as the study's notebooks do."""
+rewriting no result and leaving no partial notebook or run file. Driven on tiny notebooks
+(``--notebooks``); the interrupted one sweeps the toy method with ``run_plan``, as the study's do."""
 from __future__ import annotations
 
 import os
@@ -69,23 +69,23 @@ def _files(results: Path) -> dict[str, tuple[int, int]]:
 
 def test_ctrl_c_says_what_finished_and_the_rerun_resumes_without_writing_twice(demo_data, tmp_path) -> None:
     books, results, marker = tmp_path / "books", tmp_path / "results", tmp_path / "hanging"
-    _write_books(books, {"00_first": [SWEEP, "sweep(1)"], "01_second": [SWEEP, "sweep(2)", HANG, "sweep(4)"],
+    _write_books(books, {"00_first": ["print('first')"], "01_second": [SWEEP, "sweep(2)", HANG, "sweep(4)"],
                          "02_third": ["print('done')"]})
     run = _reproduce(books, demo_data, results, HANG_MARKER=str(marker))
     _, message = _interrupt(run, marker, signal.SIGINT)
     assert "SIGINT during 01_second" in message and "finished: 00_first;" in message
-    assert "01_second.failed.ipynb" in message and "rerun" in message
+    assert "kept as " in message and "01_second.failed.ipynb" in message and "rerun" in message
     notebooks = results / "demo" / "notebooks"
     assert sorted(p.name for p in notebooks.iterdir()) == ["00_first.ipynb", "01_second.failed.ipynb"]
     before = _files(results / "demo" / "runs")
-    assert len(before) == 2 and all(name.endswith(".json") for name in before)  # K=1, and K=2 before the hang
+    assert len(before) == 1 and all(name.endswith(".json") for name in before)  # K=2, written before the hang
 
     rerun = _reproduce(books, demo_data, results)
     out, err = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, out + err
     assert sorted(p.name for p in notebooks.iterdir()) == ["00_first.ipynb", "01_second.ipynb", "02_third.ipynb"]
     after = _files(results / "demo" / "runs")
-    assert len(after) == 3 and all(name.endswith(".json") for name in after)  # no temporary left either
+    assert len(after) == 2 and all(name.endswith(".json") for name in after)  # K=4 added; no temporary left
     assert {name: after[name] for name in before} == before  # nothing computed or written twice
 
 
@@ -97,3 +97,12 @@ def test_sigterm_stops_with_one_line_and_keeps_the_partial_notebook_as_failed(de
     assert "SIGTERM during 00_wait" in message and "finished: none;" in message
     assert sorted(p.name for p in (results / "demo" / "notebooks").iterdir()) == ["00_wait.failed.ipynb"]
     assert "01_never" not in out
+
+
+def test_a_failing_notebook_is_kept_as_failed_and_named_with_its_error(demo_data, tmp_path) -> None:
+    books, results = tmp_path / "books", tmp_path / "results"
+    _write_books(books, {"00_broken": ["raise ValueError('broken on purpose')"], "01_never": ["print('never')"]})
+    out, err = _reproduce(books, demo_data, results).communicate(timeout=120)
+    assert "broken on purpose" in err and err.splitlines()[-1].startswith("reproduce: 00_broken failed (kept as ")
+    assert "finished: none" in err.splitlines()[-1] and "01_never" not in out
+    assert sorted(p.name for p in (results / "demo" / "notebooks").iterdir()) == ["00_broken.failed.ipynb"]
