@@ -142,14 +142,19 @@ class AnomalyMethod(nn.Module):
     def plain_config(self) -> dict[str, Any]:
         """:meth:`config` as JSON and weights-only checkpoints can hold it: objects passed as options
         (a built backbone, a model in memory) by their ``repr``."""
-        plain = (int, float, str, bool, type(None), list, tuple)
-        return {k: v if isinstance(v, plain) else repr(v) for k, v in self.config().items()}
+        return plain_options(self.config())
 
     @property
     def device(self) -> torch.device:
         for tensor in (*self.parameters(), *self.buffers()):
             return tensor.device
         return torch.device("cpu")
+
+
+def plain_options(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every value that is not a JSON scalar, list or tuple replaced by its ``repr``."""
+    plain = (int, float, str, bool, type(None), list, tuple)
+    return {k: v if isinstance(v, plain) else repr(v) for k, v in config.items()}
 
 
 def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
