@@ -32,7 +32,9 @@ import pandas as pd
 import sowa_lib
 from sowa_lib import fingerprint
 
-SETTINGS = ("zero_shot", "few_shot", "multi_class", "one_class")
+# ``efficiency``: a speed measurement (fps, params, GFLOPs, peak memory) of one method configuration
+# on one category's test images (:func:`sowa_lib.speed.speed_run`).
+SETTINGS = ("zero_shot", "few_shot", "multi_class", "one_class", "efficiency")
 
 
 @dataclass(frozen=True)
