@@ -387,3 +387,50 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
                           **reference_options(method, plan, profile, spec, parts))
     pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization), category, profile.batch_size)
     return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
+
+
+def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: int | None = None, *, n_images: int = 4,
+              repeats: int = 3, reuse_stale: bool | None = None) -> pd.DataFrame:
+    """Measure the speed of ``plan``'s method configuration and store it as a run like any other
+    (setting ``efficiency``, with provenance: device, GPU, host), so that the papers' speed claims
+    (SOWA fig9, AGPNet Table 9) have a producer; returns the stored run as :func:`runs.load_results` rows.
+
+    Protocol: :func:`sowa_lib.speed.measure` on the first ``n_images`` test images of
+    (``dataset``, ``category``), batch 1, the run's K-shot references (``shots``, default the plan's
+    largest) set before timing, best of ``repeats``. Metrics: ``fps`` (images/s), ``params`` (learnable
+    parameters, millions), ``gflops`` (one ``predict`` on one image), ``peak_memory_gb`` (CUDA peak
+    allocated; undefined on a CPU), ``seconds_per_image`` and ``ratio`` to one plain backbone forward.
+    The method is built but not trained: its speed does not depend on the learned values. The
+    fingerprint holds the configuration, images, references, device and protocol; a stored
+    measurement is reused only when it matches (as :func:`run_plan`)."""
+    from sowa_lib import speed
+
+    shots = max(plan.shots) if shots is None else shots
+    spec = runs.RunSpec(profile.name, dataset, category, plan.method, "efficiency", shots, 0, plan.variant)
+    cache = _SampleCache(profile)
+    parts = {**run_parts(plan, profile, spec, "mvtec", cache), "metrics": {"speed": "batch 1, best of repeats"},
+             "protocol": {"n_images": n_images, "repeats": repeats, "threads": torch.get_num_threads()},
+             "device": {"device": str(profile.device), "gpu": runs.provenance(device=str(profile.device))["gpu"]}}
+    reuse_stale = fingerprint.reuse_stale_default() if reuse_stale is None else reuse_stale
+    if _reusable(spec, parts, profile, reuse_stale):
+        return runs.load_results(profile.run_dir, [spec])
+    method = methods.build(plan.method, profile=profile.name, **method_options(plan, None)).to(profile.device)
+    size, norm = method.image_size, method.normalization
+    images = load_images(cache.samples(dataset, category, "test")[:n_images], size, norm)
+    references = load_images(run_references(plan, profile, spec, cache), size, norm)
+    cuda = torch.device(profile.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    timing = speed.measure(method, images, references, category, repeats)
+    values = {
+        "fps": timing["images_per_second"], "seconds_per_image": timing["seconds_per_image"], "ratio": timing["ratio"],
+        "params": sum(p.numel() for p in method.parameters() if p.requires_grad) / 1e6,
+        "gflops": speed.gflops(lambda: method.predict(images[:1].to(method.device), category)),
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+    }
+    reasons = {} if cuda else {"peak_memory_gb": "measured on CUDA only (benchmarks/methods.py measures a CPU process's peak)"}
+    config = method.plain_config()
+    runs.write_run(profile.run_dir, spec, values, reasons=reasons, references=parts["references"], config=config,
+                   provenance=runs.provenance(weights=str(config.get("pretrained", "")), device=str(profile.device)),
+                   n_images=len(images), fingerprint_parts=parts)
+    return runs.load_results(profile.run_dir, [spec])
