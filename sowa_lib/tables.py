@@ -493,8 +493,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def to_latex(table: pd.DataFrame) -> str:
     """A ``table`` environment whose caption carries the banner; a table wider than
-    :data:`LATEX_MAX_COLUMNS` columns is scaled to the text width, and every source line stays short
-    (one cell per line)."""
+    :data:`LATEX_MAX_COLUMNS` columns is scaled to the text width (``\\resizebox``: the document
+    needs ``\\usepackage{graphicx}``), and every source line stays short (one cell per line)."""
     def row(values: Iterable[object]) -> list[str]:
         cells = [_latex_escape(v) for v in values]
         return [f"  {cell} &" for cell in cells[:-1]] + [f"  {cells[-1]} " + r"\\"]
@@ -561,7 +561,8 @@ def overview(results_df: pd.DataFrame) -> pd.DataFrame:
     """This study's own results at a glance: one row per (method, variant, setting, dataset, K),
     the seven quality metrics in percent as ``mean ± std`` over seeds of the category means
     (std with ddof = 1, shown when there are several seeds; NaN means undefined, see the store)."""
-    stats = _over_seeds(category_means(results_df), OVERVIEW_KEYS + ["metric"])
+    means = category_means(results_df)
+    stats = _over_seeds(means[means["metric"].isin(QUALITY_METRICS)], OVERVIEW_KEYS + ["metric"])  # speed runs apart
     text = [f"{m:.1f}" if n < 2 or pd.isna(s) else f"{m:.1f} ± {s:.1f}"
             for m, s, n in zip(stats["reproduced"], stats["reproduced_std"], stats["n_seeds"])]
     table = stats.assign(cell=text).pivot(index=OVERVIEW_KEYS, columns="metric", values="cell")
