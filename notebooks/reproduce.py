@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from sowa_lib.ablations import ablations  # noqa: E402
 from sowa_lib.executors import EXECUTORS  # noqa: E402
+from sowa_lib.fingerprint import REUSE_STALE_ENV  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
 from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile, prepare  # noqa: E402
 
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="run one notebook, e.g. 02_few_shot")
     parser.add_argument("--in-place", action="store_true", help="overwrite the notebooks in notebooks/ (demo defaults only)")
     parser.add_argument("--notebooks", type=Path, default=HERE, help="folder of the numbered notebooks (default: this one)")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="keep stored runs whose fingerprint differs from the plan's (marked stale in the tables; sets SOWA_REUSE_STALE)")
     args = parser.parse_args(argv)
 
     if args.in_place and (args.profile != "demo" or args.data_root or args.results_dir):
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs:
         os.environ["JOBS"] = str(args.jobs)  # the notebooks' kernels inherit it; get_executor reads it
+    if args.reuse_stale:
+        os.environ[REUSE_STALE_ENV] = "1"  # the kernels inherit it; run_plan reads it
     out_dir = profile.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": args.profile, "data_root": args.data_root, "results_dir": args.results_dir,

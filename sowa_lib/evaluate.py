@@ -4,6 +4,11 @@
 shots and seeds, reusing what the store already holds (an interrupted sweep resumes), training or
 loading the method's checkpoint once per training set, and giving every method the same K-shot
 reference files for the same (dataset, category, K, seed).
+
+Reuse is keyed by content (:mod:`sowa_lib.fingerprint`): a stored run or checkpoint counts only when
+its fingerprint equals the one the plan would compute now (:func:`run_parts`, :func:`training_parts`,
+derived without building the method); otherwise it is moved aside and recomputed, unless
+``reuse_stale`` keeps stale runs (marked, and said so in the tables).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import inspect
 import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,13 +24,14 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from sowa_lib import data, methods, runs
+from sowa_lib import data, fingerprint, methods, runs
+from sowa_lib.data import demo
 from sowa_lib.data.references import draw_references
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
-from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.methods.base import AnomalyMethod, Prediction, plain_options
 from sowa_lib.profiles import Profile
-from sowa_lib.training import atomic_torch_save
+from sowa_lib.training import StaleCheckpointError, claim_snapshot_dir, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class _SampleCache:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self._samples: dict[tuple[str, str, str], list[Sample]] = {}
-        self._tensors: dict[tuple, torch.Tensor] = {}
+        self._tensors: dict[tuple, Any] = {}
 
     def samples(self, dataset: str, category: str | None, split: str) -> list[Sample]:
         key = (dataset, category or "*", split)
@@ -84,6 +91,21 @@ class _SampleCache:
         key = ("img", dataset, category, size, normalization)
         if key not in self._tensors:
             self._tensors[key] = load_images(self.samples(dataset, category, "test"), size, normalization)
+        return self._tensors[key]
+
+    def identity(self, dataset: str, category: str | None, split: str) -> str:
+        """What identifies the files of one split: the demo manifest's content hash, else
+        :func:`sowa_lib.fingerprint.files_identity` over its images and masks."""
+        key = ("identity", dataset, category or "*", split)
+        if key not in self._tensors:
+            ref = self.profile.datasets[dataset]
+            manifest = demo.manifest_hash(ref.root) if ref.loader == "demo" else None
+            if manifest is not None:
+                self._tensors[key] = f"demo:{manifest}"
+            else:
+                samples = self.samples(dataset, category, split)
+                files = [p for s in samples for p in (s.path, s.mask_path) if p is not None]
+                self._tensors[key] = fingerprint.files_identity(files, Path(ref.root))
         return self._tensors[key]
 
     def masks(self, dataset: str, category: str, size: int) -> torch.Tensor:
@@ -99,18 +121,25 @@ def checkpoint_path(profile: Profile, plan: Plan, training_set: str, seed: int) 
     return profile.run_dir / "checkpoints" / plan.method / plan.variant / f"{training_set}_seed{seed}.pt"
 
 
-def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, progress: bool) -> dict[str, Any]:
-    """Fit ``method`` on ``samples`` unless ``ckpt`` holds its trained weights; save them after. The
-    training's epoch snapshots (``ckpt.parts/``, what an interrupted fit resumes from) are removed
+def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, parts: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Fit ``method`` on ``samples`` unless ``ckpt`` holds its trained weights saved with the same
+    fingerprint ``parts`` (:func:`training_parts`); save them after. A checkpoint or a snapshot folder
+    of another fingerprint is moved aside (``*.stale-<time>``) with a warning naming what differs.
+    The training's epoch snapshots (``ckpt.parts/``, what an interrupted fit resumes from) are removed
     once ``ckpt`` is written: a completed training is only ever loaded."""
+    snapshots = ckpt.with_suffix(".parts")
     if ckpt.is_file():
-        method.load_trainable_state_dict(torch.load(ckpt, map_location=method.device, weights_only=True))
-        log = {"loaded": str(ckpt)}
-    else:
-        log = method.fit(samples, checkpoint_dir=ckpt.with_suffix(".parts"), progress=progress)
-        atomic_torch_save(method.trainable_state_dict(), ckpt)
-        ckpt.with_suffix(".log.json").write_text(json.dumps(log, default=float))
-    shutil.rmtree(ckpt.with_suffix(".parts"), ignore_errors=True)
+        try:
+            method.load_trainable_state_dict(load_checkpoint(ckpt, parts, map_location=method.device))
+            shutil.rmtree(snapshots, ignore_errors=True)
+            return {"loaded": str(ckpt)}
+        except StaleCheckpointError as err:
+            warnings.warn(f"{err}: moved to {fingerprint.set_aside(ckpt).name}", stacklevel=2)
+    claim_snapshot_dir(snapshots, parts)
+    log = method.fit(samples, checkpoint_dir=snapshots, progress=progress)
+    save_checkpoint(ckpt, parts, method.trainable_state_dict())
+    ckpt.with_suffix(".log.json").write_text(json.dumps(log, default=float))
+    shutil.rmtree(snapshots, ignore_errors=True)
     return log
 
 
@@ -190,6 +219,39 @@ def method_options(plan: Plan, training: tuple[str, str | None, int] | None) -> 
     return options
 
 
+def planned_config(plan: Plan, profile: Profile, training: tuple[str, str | None, int] | None) -> dict[str, Any]:
+    """The configuration (JSON-able) that the method of ``plan`` is built with for ``training``,
+    derived without building it (:func:`sowa_lib.methods.configuration`)."""
+    return plain_options(methods.configuration(plan.method, profile.name, **method_options(plan, training)))
+
+
+def _training_split(plan: Plan) -> str:
+    return "test" if methods.method_class(plan.method).training_data == "auxiliary" else "train"
+
+
+def training_parts(plan: Plan, profile: Profile, training: tuple[str, str | None, int], cache: "_SampleCache") -> dict[str, Any]:
+    """The fingerprint parts of one trained model: configuration, training set identity, code version."""
+    train_set, category, seed = training
+    split = _training_split(plan)
+    return {"config": planned_config(plan, profile, training), "code": fingerprint.code_version(),
+            "training_set": {"dataset": train_set, "category": category, "split": split, "seed": seed,
+                             "files": cache.identity(train_set, category, split)}}
+
+
+def run_parts(plan: Plan, profile: Profile, spec: runs.RunSpec, aupro_variant: str, cache: "_SampleCache") -> dict[str, Any]:
+    """The fingerprint parts of one run (:mod:`sowa_lib.fingerprint`): configuration, test data
+    identity, reference files, the model's training parts, metric definitions, code version."""
+    training = training_key(plan, methods.method_class(plan.method).training_data, profile, spec)
+    return {
+        "config": planned_config(plan, profile, training),
+        "data": {"dataset": spec.dataset, "category": spec.category, "files": cache.identity(spec.dataset, spec.category, "test")},
+        "references": [r.relpath for r in run_references(plan, profile, spec, cache)],
+        "training": training_parts(plan, profile, training, cache) if training is not None else None,
+        "metrics": {"aupro_variant": aupro_variant, "version": fingerprint.METRICS_VERSION},
+        "code": fingerprint.code_version(),
+    }
+
+
 def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[AnomalyMethod, dict[str, Any]]:
     """Build the job's method and train it, or load the checkpoint an earlier job wrote."""
     overrides = method_options(job.plan, job.training)
@@ -197,9 +259,10 @@ def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[Ano
     log: dict[str, Any] = {}
     if job.training is not None:
         train_set, category, seed = job.training
-        split = "test" if method.training_data == "auxiliary" else "train"
         name = train_set if category is None else f"{train_set}-{category}"
-        log = train_or_load(method.train(), cache.samples(train_set, category, split), checkpoint_path(job.profile, job.plan, name, seed), progress)
+        parts = training_parts(job.plan, job.profile, job.training, cache)
+        log = train_or_load(method.train(), cache.samples(train_set, category, _training_split(job.plan)),
+                            checkpoint_path(job.profile, job.plan, name, seed), parts, progress)
     return method.eval(), log
 
 
@@ -214,24 +277,28 @@ def execute_job(job: Job, progress: bool = False) -> list[str]:
     return written
 
 
-def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bool = True, aupro_variant: str = "mvtec") -> pd.DataFrame:
+def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bool = True, aupro_variant: str = "mvtec",
+             reuse_stale: bool | None = None) -> pd.DataFrame:
     """Compute the missing runs of ``plan`` (through ``executor``, local by default) and return all
     of its runs from the store.
 
+    A stored run counts only when its fingerprint is the one the plan computes now
+    (:func:`run_parts`); a stale one is moved aside and recomputed, or, with ``reuse_stale``
+    (default: the ``SOWA_REUSE_STALE`` variable), kept and marked stale (the tables say so).
     A failed training does not stop the sweep: every evaluation whose training exists still runs,
     then one :class:`~sowa_lib.executors.SweepError` lists what failed and what it kept from running.
     """
     from sowa_lib.executors import LocalExecutor, sweep_error
     from sowa_lib.profiles import prepare
 
+    reuse_stale = fingerprint.reuse_stale_default() if reuse_stale is None else reuse_stale
     categories = prepare(profile, list(plan.datasets))
     specs = expand(plan, profile, categories)
     runs.remove_orphaned_temporaries(profile.run_dir)
-    done = {s for s in specs if runs.is_done(profile.run_dir, s)}
-    refuse_other_aupro_variant(sorted(done, key=str), profile, aupro_variant)
-    todo = [s for s in specs if s not in done]
-    if todo and methods.method_class(plan.method).training_data == "auxiliary":
+    if methods.method_class(plan.method).training_data == "auxiliary":
         prepare(profile, sorted({profile.auxiliary[d] for d in plan.datasets}))
+    cache = _SampleCache(profile)
+    todo = [s for s in specs if not _reusable(s, run_parts(plan, profile, s, aupro_variant, cache), profile, reuse_stale)]
     if todo:
         executor = executor or LocalExecutor(progress=progress)
         train_jobs, eval_jobs = make_jobs(plan, profile, todo, aupro_variant)
@@ -244,42 +311,55 @@ def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bo
     return runs.load_results(profile.run_dir, specs)
 
 
-def refuse_other_aupro_variant(done: Sequence[runs.RunSpec], profile: Profile, aupro_variant: str) -> None:
-    """The AUPRO definition is not part of a run's key: stop before reusing runs scored with another."""
-    stored = {spec: runs.read_run(runs.run_path(profile.run_dir, spec)).get("aupro_variant") for spec in done}
-    other = [spec for spec, variant in stored.items() if variant != aupro_variant]
-    if other:
-        first = other[0]
-        raise ValueError(
-            f"{len(other)} stored run(s) of {first.method}/{first.variant} were scored with aupro_variant="
-            f"{stored[first]!r}, not {aupro_variant!r} (e.g. {runs.run_path(profile.run_dir, first)}). Give this "
-            "scoring its own Plan(variant=...) name (as sowa_lib.ablations does), or another results_dir."
-        )
+def _reusable(spec: runs.RunSpec, parts: dict[str, Any], profile: Profile, reuse_stale: bool) -> bool:
+    """Whether ``spec``'s stored run can stand: computed from ``parts``, or stale and kept on request
+    (then marked). A stale run not kept is moved aside."""
+    if not runs.run_path(profile.run_dir, spec).is_file():
+        return False
+    differs = runs.stale_keys(profile.run_dir, spec, parts)
+    if differs is not None and not reuse_stale:
+        moved = runs.set_aside_stale(profile.run_dir, spec)
+        warnings.warn(f"recomputing {spec.relpath()}: stored run is stale (differs: {', '.join(differs)}); "
+                      f"old file kept as {moved.name}", stacklevel=3)
+        return False
+    runs.mark_stale(profile.run_dir, spec, differs)
+    return True
 
 
-def references(method: AnomalyMethod, cache: _SampleCache, dataset: str, category: str, shots: int, seed: int) -> list[Sample]:
+def references(cache: _SampleCache, dataset: str, category: str, shots: int, seed: int, replacement: bool) -> list[Sample]:
     """The K-shot reference samples of one run: the shared draw, or with replacement for methods whose
-    reference implementation samples that way (``reference_replacement``, April-GAN)."""
-    replacement = bool(getattr(method, "reference_replacement", False))
+    reference implementation samples that way (option ``reference_replacement``, April-GAN)."""
     return draw_references(cache.samples(dataset, category, "train"), shots, seed, replacement=replacement)
 
 
-def reference_options(method: AnomalyMethod, plan: Plan, profile: Profile, spec: runs.RunSpec) -> dict[str, Any]:
+def reference_options(method: AnomalyMethod, plan: Plan, profile: Profile, spec: runs.RunSpec, parts: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of ``set_references`` for methods that train on the references (AGPNet
-    few-shot): a checkpoint folder per (dataset, category, K, seed), so that training resumes."""
+    few-shot): a checkpoint folder per (dataset, category, K, seed), claimed for the run's
+    configuration and reference files (``parts``), so that training resumes only from its own."""
     if "checkpoint_dir" not in inspect.signature(method.set_references).parameters or spec.shots == 0:
         return {}
     name = f"{spec.dataset}-{spec.category}-k{spec.shots}"
-    return {"checkpoint_dir": checkpoint_path(profile, plan, name, spec.seed).with_suffix(".parts")}
+    directory = checkpoint_path(profile, plan, name, spec.seed).with_suffix(".parts")
+    claim_snapshot_dir(directory, {k: parts[k] for k in ("config", "references", "code")})
+    return {"checkpoint_dir": directory}
+
+
+def run_references(plan: Plan, profile: Profile, spec: runs.RunSpec, cache: _SampleCache) -> list[Sample]:
+    """:func:`references` of ``spec`` with the sampling law of ``plan``'s method configuration."""
+    cls = methods.method_class(plan.method)
+    config = planned_config(plan, profile, training_key(plan, cls.training_data, profile, spec))
+    replacement = config.get("reference_replacement", getattr(cls, "reference_replacement", False))
+    return references(cache, spec.dataset, spec.category, spec.shots, spec.seed, bool(replacement))
 
 
 def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _SampleCache, training_log: dict) -> Path:
     profile = job.profile
     size, norm = method.image_size, method.normalization
     test = cache.samples(spec.dataset, spec.category, "test")
-    refs = references(method, cache, spec.dataset, spec.category, spec.shots, spec.seed)
+    refs = run_references(job.plan, profile, spec, cache)
+    parts = run_parts(job.plan, profile, spec, job.aupro_variant, cache)
     start = time.perf_counter()
-    method.set_references(load_images(refs, size, norm).to(method.device), spec.category, **reference_options(method, job.plan, profile, spec))
+    method.set_references(load_images(refs, size, norm).to(method.device), spec.category, **reference_options(method, job.plan, profile, spec, parts))
     pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm), spec.category, profile.batch_size)
     seconds = time.perf_counter() - start
     labels = torch.tensor([s.label for s in test])
@@ -295,6 +375,7 @@ def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _Sample
         n_test=len(test),
         training={k: v for k, v in training_log.items() if not isinstance(v, list)},
         aupro_variant=job.aupro_variant,
+        fingerprint_parts=parts,
     )
 
 
@@ -306,8 +387,56 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
     training = training_key(plan, methods.method_class(plan.method).training_data, profile, spec)
     cache = _SampleCache(profile)
     method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
-    refs = references(method, cache, dataset, category, shots, seed)
+    refs = run_references(plan, profile, spec, cache)
+    parts = run_parts(plan, profile, spec, "mvtec", cache)
     method.set_references(load_images(refs, method.image_size, method.normalization).to(method.device), category,
-                          **reference_options(method, plan, profile, spec))
+                          **reference_options(method, plan, profile, spec, parts))
     pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization), category, profile.batch_size)
     return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
+
+
+def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: int | None = None, *, n_images: int = 4,
+              repeats: int = 3, reuse_stale: bool | None = None) -> pd.DataFrame:
+    """Measure the speed of ``plan``'s method configuration and store it as a run like any other
+    (setting ``efficiency``, with provenance: device, GPU, host), so that the papers' speed claims
+    (SOWA fig9, AGPNet Table 9) have a producer; returns the stored run as :func:`runs.load_results` rows.
+
+    Protocol: :func:`sowa_lib.speed.measure` on the first ``n_images`` test images of
+    (``dataset``, ``category``), batch 1, the run's K-shot references (``shots``, default the plan's
+    largest) set before timing, best of ``repeats``. Metrics: ``fps`` (images/s), ``params`` (learnable
+    parameters, millions), ``gflops`` (one ``predict`` on one image), ``peak_memory_gb`` (CUDA peak
+    allocated; undefined on a CPU), ``seconds_per_image`` and ``ratio`` to one plain backbone forward.
+    The method is built but not trained: its speed does not depend on the learned values. The
+    fingerprint holds the configuration, images, references, device and protocol; a stored
+    measurement is reused only when it matches (as :func:`run_plan`)."""
+    from sowa_lib import speed
+
+    shots = max(plan.shots) if shots is None else shots
+    spec = runs.RunSpec(profile.name, dataset, category, plan.method, "efficiency", shots, 0, plan.variant)
+    cache = _SampleCache(profile)
+    parts = {**run_parts(plan, profile, spec, "mvtec", cache), "metrics": {"speed": "batch 1, best of repeats"},
+             "protocol": {"n_images": n_images, "repeats": repeats, "threads": torch.get_num_threads()},
+             "device": {"device": str(profile.device), "gpu": runs.provenance(device=str(profile.device))["gpu"]}}
+    reuse_stale = fingerprint.reuse_stale_default() if reuse_stale is None else reuse_stale
+    if _reusable(spec, parts, profile, reuse_stale):
+        return runs.load_results(profile.run_dir, [spec])
+    method = methods.build(plan.method, profile=profile.name, **method_options(plan, None)).to(profile.device)
+    size, norm = method.image_size, method.normalization
+    images = load_images(cache.samples(dataset, category, "test")[:n_images], size, norm)
+    references = load_images(run_references(plan, profile, spec, cache), size, norm)
+    cuda = torch.device(profile.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    timing = speed.measure(method, images, references, category, repeats)
+    values = {
+        "fps": timing["images_per_second"], "seconds_per_image": timing["seconds_per_image"], "ratio": timing["ratio"],
+        "params": sum(p.numel() for p in method.parameters() if p.requires_grad) / 1e6,
+        "gflops": speed.gflops(lambda: method.predict(images[:1].to(method.device), category)),
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+    }
+    reasons = {} if cuda else {"peak_memory_gb": "measured on CUDA only (benchmarks/methods.py measures a CPU process's peak)"}
+    config = method.plain_config()
+    runs.write_run(profile.run_dir, spec, values, reasons=reasons, references=parts["references"], config=config,
+                   provenance=runs.provenance(weights=str(config.get("pretrained", "")), device=str(profile.device)),
+                   n_images=len(images), fingerprint_parts=parts)
+    return runs.load_results(profile.run_dir, [spec])

@@ -5,6 +5,12 @@ A run is one (profile, dataset, category, method, variant, setting, shots, seed)
 written to a unique temporary name and renamed into place, so an interrupted sweep never leaves a
 half-written run, two workers never clobber each other, and a rerun skips what exists. The temporary
 file of a writer killed midway is removed by the next sweep (:func:`remove_orphaned_temporaries`).
+
+Each run stores its ``fingerprint`` and the ``fingerprint_parts`` it was computed from
+(:mod:`sowa_lib.fingerprint`); :func:`is_done` counts a run as done only when that fingerprint is
+the one the plan would compute now, and :func:`set_aside_stale` moves a stale run out of the store's
+sight. A stale run kept on the user's request (``reuse_stale``) is marked (:func:`mark_stale`) and
+shows as ``stale`` in :func:`load_results`.
 """
 from __future__ import annotations
 
@@ -13,19 +19,22 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-SETTINGS = ("zero_shot", "few_shot", "multi_class", "one_class")
+import sowa_lib
+from sowa_lib import fingerprint
+
+# ``efficiency``: a speed measurement (fps, params, GFLOPs, peak memory) of one method configuration
+# on one category's test images (:func:`sowa_lib.speed.speed_run`).
+SETTINGS = ("zero_shot", "few_shot", "multi_class", "one_class", "efficiency")
 
 
 @dataclass(frozen=True)
@@ -57,8 +66,43 @@ def run_path(results_dir: Path, spec: RunSpec) -> Path:
     return Path(results_dir) / "runs" / spec.relpath()
 
 
-def is_done(results_dir: Path, spec: RunSpec) -> bool:
-    return run_path(results_dir, spec).is_file()
+def is_done(results_dir: Path, spec: RunSpec, expected: str | None = None) -> bool:
+    """Whether ``spec``'s run is stored, and (given ``expected``) stored with that fingerprint."""
+    path = run_path(results_dir, spec)
+    if not path.is_file():
+        return False
+    return expected is None or read_run(path).get("fingerprint") == expected
+
+
+def stale_keys(results_dir: Path, spec: RunSpec, parts: dict[str, Any]) -> list[str] | None:
+    """None when ``spec``'s stored run was computed from ``parts`` (or is not stored); else the
+    dotted names of the parts that differ (:func:`sowa_lib.fingerprint.differing_keys`)."""
+    path = run_path(results_dir, spec)
+    if not path.is_file():
+        return None
+    run = read_run(path)
+    if run.get("fingerprint") == fingerprint.digest(parts):
+        return None
+    return fingerprint.differing_keys(run.get("fingerprint_parts"), parts)
+
+
+def set_aside_stale(results_dir: Path, spec: RunSpec) -> Path:
+    """Move ``spec``'s stored run out of the store (``<run>.json.stale-<time>``, never read back)."""
+    return fingerprint.set_aside(run_path(results_dir, spec))
+
+
+def mark_stale(results_dir: Path, spec: RunSpec, differs: list[str] | None) -> None:
+    """Record in ``spec``'s stored run that it is reused although ``differs`` changed since it was
+    computed (``reuse_stale``), or clear that record (``differs=None``: it is current again)."""
+    path = run_path(results_dir, spec)
+    run = read_run(path)
+    if run.get("stale") == differs or (differs is None and "stale" not in run):
+        return
+    if differs is None:
+        run.pop("stale")
+    else:
+        run["stale"] = differs
+    _atomic_write_json(path, run)
 
 
 def _package_version(name: str) -> str:
@@ -68,25 +112,15 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
-@lru_cache(maxsize=1)
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 def provenance(weights: str = "", device: str = "cpu") -> dict[str, str]:
-    """Where and with what a run was computed: commit, package versions, weights id, host, device."""
+    """Where and with what a run was computed: commit and whether the tree was dirty, package versions,
+    weights id, host, device."""
     import torch
 
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else ""
     return {
-        "commit": _git_commit(),
-        "sowa_lib": _package_version("sowa_lib"),
+        **fingerprint.code_state(),
+        "sowa_lib": sowa_lib.__version__,
         "torch": torch.__version__,
         "open_clip": _package_version("open_clip_torch"),
         "timm": _package_version("timm"),
@@ -147,10 +181,19 @@ def remove_orphaned_temporaries(results_dir: Path) -> list[Path]:
 def write_run(results_dir: Path, spec: RunSpec, metrics: dict[str, float], *, provenance: dict[str, str], **record: Any) -> Path:
     """Atomically write one run: ``metrics`` (NaN stored as null), its ``provenance`` (see
     :func:`provenance`) and any JSON-able ``record`` fields (``reasons``, ``references``, ``config``,
-    ``seconds``, ``aupro_variant`` ...)."""
+    ``seconds``, ``aupro_variant``, ``fingerprint_parts`` ...). With ``fingerprint_parts`` the run's
+    ``fingerprint`` is stored beside them."""
     path = run_path(results_dir, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"spec": asdict(spec), "metrics": {k: _finite_or_none(v) for k, v in metrics.items()}, "provenance": provenance, **record}
+    if "fingerprint_parts" in record:
+        payload["fingerprint"] = fingerprint.digest(record["fingerprint_parts"])
+    _atomic_write_json(path, payload)
+    return path
+
+
+def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    """``payload`` to a unique temporary file beside ``path`` (:func:`_temporary_prefix`), then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -161,7 +204,6 @@ def write_run(results_dir: Path, spec: RunSpec, metrics: dict[str, float], *, pr
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -174,17 +216,19 @@ def iter_runs(results_dir: Path) -> Iterable[dict[str, Any]]:
 
 
 #: Provenance fields copied into every row of :func:`load_results`.
-PROVENANCE_COLUMNS = ["commit", "sowa_lib", "torch", "open_clip", "weights", "created"]
+PROVENANCE_COLUMNS = ["commit", "dirty", "sowa_lib", "torch", "open_clip", "weights", "device", "created"]
 RESULT_COLUMNS = [
     "profile", "dataset", "category", "method", "variant", "setting", "shots", "seed",
-    "metric", "value", "reason", "aupro_variant", *PROVENANCE_COLUMNS,
+    "metric", "value", "reason", "aupro_variant", "fingerprint", "stale", *PROVENANCE_COLUMNS,
 ]
 
 
 def load_results(results_dir: Path, specs: Iterable[RunSpec] | None = None) -> pd.DataFrame:
     """All runs under ``results_dir`` (or only those of ``specs`` that exist) as one long frame,
     one row per (run, metric). ``value`` is a fraction in [0, 1] (NaN with ``reason`` where undefined);
-    ``aupro_variant`` and the :data:`PROVENANCE_COLUMNS` say how and with what it was computed.
+    ``aupro_variant`` and the :data:`PROVENANCE_COLUMNS` say how and with what it was computed;
+    ``fingerprint`` what determined it, and ``stale`` whether it was kept although that changed
+    (``reuse_stale``).
     """
     if specs is None:
         found = iter_runs(results_dir)
@@ -198,6 +242,7 @@ def load_results(results_dir: Path, specs: Iterable[RunSpec] | None = None) -> p
             rows.append({
                 **run["spec"], "metric": metric, "value": math.nan if value is None else value,
                 "reason": reasons.get(metric, ""), "aupro_variant": run.get("aupro_variant", ""),
+                "fingerprint": run.get("fingerprint", ""), "stale": bool(run.get("stale")),
                 **{column: prov.get(column, "") for column in PROVENANCE_COLUMNS},
             })
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -14,8 +14,10 @@ How a claim is matched to results (:func:`compare`):
   (``ablation``, ``efficiency``, ``leaderboard``) or empty shots (full-data multi-/one-class,
   efficiency) match any value, and the seed's values are averaged over them.
 - ``category``: a category id matches that category; ``mean`` (and empty) matches the
-  unweighted mean over the categories of each (dataset, method, variant, setting, shots, seed),
-  which is NaN when any category's value is NaN (a mean over a subset would not be the paper's).
+  unweighted mean over the dataset's full category set (:func:`sowa_lib.data.full_category_set`,
+  the set the papers average over) of each (dataset, method, variant, setting, shots, seed). It is
+  NaN when any of those categories is missing or NaN: a mean over a subset would not be the
+  paper's; the caption says ``k/n categories`` for such means.
 - The demo profile maps the datasets whose roles its benchmark plays (``profiles.DATASET_ROLES``).
 
 Reproduced = mean ± sample std (ddof=1) over seeds with a finite value, in the claim's unit: quality
@@ -25,9 +27,15 @@ one point for percentages (0.01 on the leaderboards' fraction scale) and 10 % of
 for fps / params / GFLOPs. A claim is ``within``, ``outside``, ``not_run`` (no finite reproduced
 value: no completed run, or the metric was undefined) or ``no_producer`` (nothing in this study
 produces that number yet, :func:`has_producer`; tables are built only from completed runs).
+
+Files (:func:`write_table`): ``<table>.csv`` is tidy, one row per claim (:data:`TIDY_COLUMNS`, the
+profile in every row), loadable by ``pd.read_csv`` with no options; ``.md`` and ``.tex`` render the
+paper's shape with ``claimed | reproduced | Δ`` cells, the banner and the caption, metrics and
+datasets named in the papers' words (a demo dataset as ``demo_a (stands in for MVTec-AD)``).
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -37,6 +45,7 @@ import pandas as pd
 
 from sowa_lib.claims import EFFICIENCY_METRICS, METHODS, QUALITY_METRICS, load_claims
 from sowa_lib.ablations import CLAIM_RUNS
+from sowa_lib.data import full_category_set
 from sowa_lib.profiles import dataset_for_role
 from sowa_lib.runs import SETTINGS as RUN_SETTINGS
 
@@ -54,13 +63,41 @@ TOLERANCE_RULE = (f"|Δ| > max(claimed std, floor); floor = {MIN_TOLERANCE} poin
                   f"{EFFICIENCY_RELATIVE_TOLERANCE:.0%} of the claimed value for fps / params / GFLOPs")
 STD_DDOF = 1
 MATCH_FIELDS = ["dataset", "category", "method", "variant", "setting", "shots", "metric"]
-STATUSES = ("within", "outside", "not_run", "no_producer")
+STATUSES = ("within", "outside", "not_run", "no_producer", "other_device")
+#: Metrics that depend on the device: the papers measured them on GPUs, so a value measured elsewhere
+#: is shown (marked "(CPU)") but never judged against the claim (status ``other_device``).
+DEVICE_METRICS = ("fps",)
 # SOWA fig8's defect-size bins are claim variants ``area<0.5%`` ...: no run stores per-bin metrics
 # (figures.size_bin_metrics computes them for the figure only).
 SIZE_BIN_PREFIX = "area"
 NO_PRODUCER_NOTE = ("no_producer = nothing in this study produces the number yet: competitors it does not "
-                    "implement, fps / params / GFLOPs (speed is measured but not stored), the VAND "
-                    "leaderboards (hidden test labels) and fig8's defect-size bins and gains")
+                    "implement, the VAND leaderboards (hidden test labels) and fig8's defect-size bins and gains; "
+                    "other_device = fps measured on another device than the paper's GPU (shown, not judged)")
+
+
+#: Metric ids as the papers print them, for rendered tables.
+METRIC_LABELS = {
+    "image_auroc": "image AUROC", "image_ap": "image AP", "image_f1max": "image F1-max", "pixel_auroc": "pixel AUROC",
+    "pixel_ap": "pixel AP", "pixel_f1max": "pixel F1-max", "aupro": "AUPRO", "fps": "FPS (img/s)", "params": "params (M)",
+    "gflops": "GFLOPs", "vand_f1max": "VAND F1-max", "pixel_auroc_gain": "pixel AUROC gain", "aupro_gain": "AUPRO gain",
+}
+#: Dataset ids as the papers print them.
+DATASET_LABELS = {"mvtec": "MVTec-AD", "visa": "VisA", "btad": "BTAD", "dagm": "DAGM", "dtd_synthetic": "DTD-Synthetic",
+                  "mvtec3d": "MVTec 3D-AD", "vand2023": "VAND 2023"}
+#: Columns of the per-table CSV files: one row per claim. ``dataset`` is where the reproduced numbers
+#: come from (the demo dataset playing the role), ``claimed_dataset`` the paper's.
+TIDY_COLUMNS = ["paper", "table", "method", "dataset", "claimed_dataset", "category", "setting", "shots", "variant", "metric",
+                "claimed", "claimed_std", "reproduced", "reproduced_std", "n_seeds", "delta", "status", "profile"]
+#: Tables with more columns than this are scaled to the text width in LaTeX.
+LATEX_MAX_COLUMNS = 4
+
+
+def dataset_label(dataset: str, profile: str) -> str:
+    """Paper dataset ``dataset`` as the tables of ``profile`` name it: ``MVTec-AD``, or in the demo
+    ``demo_a (stands in for MVTec-AD)``."""
+    name = DATASET_LABELS.get(dataset, dataset)
+    shown = dataset_for_role(profile, dataset)
+    return name if shown == dataset else f"{shown} (stands in for {name})"
 
 
 @dataclass(frozen=True)
@@ -128,28 +165,48 @@ def banner(profile: str) -> str:
 # ---------------------------------------------------------------- reproduced values
 
 def _seed_level(results_df: pd.DataFrame, profile: str) -> pd.DataFrame:
-    """Per-seed values in claim units: per category plus the category ``mean`` rows."""
+    """Per-seed values in claim units: per category plus the category ``mean`` rows
+    (:func:`_category_means`); ``stale`` marks runs kept although stale (``reuse_stale``)."""
     results = results_df
     if "profile" in results.columns:
         results = results[results["profile"] == profile]
     results = results[results["category"] != "mean"]
     scale = np.where(results["metric"].isin(QUALITY_METRICS), 100.0, 1.0)
+    stale = results["stale"].eq(True) if "stale" in results.columns else False
+    gpu = results["device"].astype(str).str.startswith("cuda") if "device" in results.columns else False
     per_cat = results[MATCH_FIELDS + ["seed"]].assign(
-        value=results["value"].astype(float) * scale, shots=results["shots"].astype("Int64"))
+        value=results["value"].astype(float) * scale, shots=results["shots"].astype("Int64"), stale=stale, gpu=gpu)
+    return pd.concat([per_cat, _category_means(per_cat)], ignore_index=True)
+
+
+def _category_means(per_cat: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method, variant, setting, shots, metric, seed) the unweighted mean over the
+    dataset's full category set (all categories found, for a dataset with no known set); NaN when a
+    category is missing or NaN. ``coverage`` = ``k/n`` categories run, ``complete`` whether k = n.
+    Efficiency metrics (speed at the method's resolution, parameters) do not depend on the category:
+    their mean is over the categories measured."""
+    full = {d: full_category_set(d) for d in per_cat["dataset"].unique()}
+    in_set = [full[d] is None or c in full[d] for d, c in zip(per_cat["dataset"], per_cat["category"])]
+    part = per_cat.loc[pd.Series(in_set, index=per_cat.index, dtype=bool)]
     group = [f for f in MATCH_FIELDS if f != "category"] + ["seed"]
-    means = (per_cat.assign(_nan=per_cat["value"].isna())
-             .groupby(group, dropna=False).agg(value=("value", "mean"), _nan=("_nan", "any")).reset_index())
-    means = means.assign(value=means["value"].where(~means["_nan"]), category="mean").drop(columns="_nan")
-    return pd.concat([per_cat, means[per_cat.columns]], ignore_index=True)
+    means = (part.assign(_nan=part["value"].isna())
+             .groupby(group, dropna=False)
+             .agg(value=("value", "mean"), _nan=("_nan", "any"), _n=("category", "nunique"), stale=("stale", "any"),
+                  gpu=("gpu", "all"))
+             .reset_index())
+    expected = [len(full[d]) if full[d] else n for d, n in zip(means["dataset"], means["_n"])]
+    complete = (means["_n"].to_numpy() >= np.array(expected, dtype=int)) | means["metric"].isin(EFFICIENCY_METRICS).to_numpy()
+    return means.assign(value=means["value"].where(~means["_nan"] & complete), category="mean", complete=complete,
+                        coverage=[f"{n}/{e}" for n, e in zip(means["_n"], expected)]).drop(columns=["_nan", "_n"])
 
 
 def _over_seeds(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean, sample std, population std (ddof=0, sowa spec §3.3 logs both) and count over seeds,
-    after averaging each seed over the fields not in ``keys``."""
-    per_seed = seeds.groupby(keys + ["seed"], dropna=False)["value"].mean().reset_index()
-    stats = per_seed.groupby(keys, dropna=False)["value"].agg(
-        reproduced="mean", reproduced_std=lambda s: s.std(ddof=STD_DDOF), reproduced_std_ddof0=lambda s: s.std(ddof=0),
-        n_seeds="count")
+    after averaging each seed over the fields not in ``keys``; ``on_gpu``: every value measured on a GPU."""
+    per_seed = seeds.groupby(keys + ["seed"], dropna=False).agg(value=("value", "mean"), gpu=("gpu", "all")).reset_index()
+    stats = per_seed.groupby(keys, dropna=False).agg(
+        reproduced=("value", "mean"), reproduced_std=("value", lambda s: s.std(ddof=STD_DDOF)),
+        reproduced_std_ddof0=("value", lambda s: s.std(ddof=0)), n_seeds=("value", "count"), on_gpu=("gpu", "all"))
     return stats.reset_index()
 
 
@@ -187,10 +244,10 @@ def _attach_reproduced(frame: pd.DataFrame, seeds: pd.DataFrame, profile: str) -
         keys = [f for f in MATCH_FIELDS if not is_open.get(f, False)]
         stats = _over_seeds(seeds, keys)
         parts.append(part.reset_index().merge(stats, on=keys, how="left").set_index("index"))
-    stats_cols = ["reproduced", "reproduced_std", "reproduced_std_ddof0", "n_seeds"]
+    stats_cols = ["reproduced", "reproduced_std", "reproduced_std_ddof0", "n_seeds", "on_gpu"]
     found = pd.concat(parts).reindex(range(len(keyed)))[stats_cols] if parts else pd.DataFrame(columns=stats_cols)
     out = frame.reset_index(drop=True).assign(**{c: found[c].to_numpy() for c in stats_cols})
-    return out.assign(n_seeds=out["n_seeds"].fillna(0).astype(int))
+    return out.assign(n_seeds=out["n_seeds"].fillna(0).astype(int), on_gpu=out["on_gpu"].eq(True))
 
 
 def tolerance(claims: pd.DataFrame) -> pd.Series:
@@ -203,9 +260,9 @@ def tolerance(claims: pd.DataFrame) -> pd.Series:
 
 def has_producer(claims: pd.DataFrame) -> pd.Series:
     """Whether a run of this study can produce each claim (``NO_PRODUCER_NOTE`` lists what cannot):
-    a method the study implements, a quality metric the runs store, not the VAND test set, not a
-    defect-size bin."""
-    return (claims["method"].isin(METHODS) & claims["metric"].isin(QUALITY_METRICS)
+    a method the study implements, a quality metric the runs store or an efficiency metric the speed
+    runs store (:func:`sowa_lib.speed.speed_run`), not the VAND test set, not a defect-size bin."""
+    return (claims["method"].isin(METHODS) & claims["metric"].isin(QUALITY_METRICS + EFFICIENCY_METRICS)
             & (claims["dataset"] != "vand2023") & ~claims["variant"].str.startswith(SIZE_BIN_PREFIX))
 
 
@@ -220,10 +277,11 @@ def _compared(frame: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> pd.Data
     """``frame`` (claims, or table cells with NaN ``value`` where nothing is printed) judged against
     the per-seed results: reproduced stats plus ``delta`` (claim's unit), ``tolerance`` and ``status``."""
     out = _in_claim_unit(_attach_reproduced(frame, seeds, profile))
-    delta = out["reproduced"] - out["value"]
+    other_device = out["metric"].isin(DEVICE_METRICS) & out["reproduced"].notna() & ~out["on_gpu"]
+    delta = (out["reproduced"] - out["value"]).where(~other_device)
     allowed = tolerance(out)
-    status = np.select([delta.abs() > allowed, delta.notna(), has_producer(out)],
-                       ["outside", "within", "not_run"], "no_producer")
+    status = np.select([other_device, delta.abs() > allowed, delta.notna(), has_producer(out)],
+                       ["other_device", "outside", "within", "not_run"], "no_producer")
     return out.assign(delta=delta, tolerance=allowed, status=status)
 
 
@@ -256,6 +314,7 @@ def _cell(row: Any) -> str:
     else:
         reproduced = f"{row.reproduced:.{d}f}"
         reproduced += f"±{row.reproduced_std:.{d}f}" if row.n_seeds > 1 else ""
+        reproduced += " (CPU)" if row.status == "other_device" else ""
     delta = MISSING if pd.isna(row.delta) else f"{row.delta:+.{d}f}"
     flag = f" {FLAG}" if row.status == "outside" else ""
     return f"{claimed} | {reproduced} | {delta}{flag}"
@@ -276,8 +335,15 @@ def _merged_order(sequences: Iterable[list]) -> list:
     return order
 
 
-def _label(value: object) -> str:
-    return "" if pd.isna(value) else str(value)
+def _label(field: str, value: object, profile: str) -> str:
+    """A row or column key as printed: metrics and datasets in the papers' words (:func:`dataset_label`)."""
+    if pd.isna(value):
+        return ""
+    if field == "metric":
+        return METRIC_LABELS.get(str(value), str(value))
+    if field == "dataset" and value:
+        return dataset_label(str(value), profile)
+    return str(value)
 
 
 def _grid(claims: pd.DataFrame, layout: Layout) -> pd.DataFrame:
@@ -296,31 +362,79 @@ def _grid(claims: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     return cells.assign(digitized=cells["digitized"].eq(True))
 
 
-def _caption(layout: Layout, claimed: pd.DataFrame) -> str:
-    """Title, cell legend, and how many of the table's claims (``claimed``: compared rows) lack a run."""
+def _caption(layout: Layout, claimed: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> str:
+    """Title, cell legend, how many of the table's claims (``claimed``: compared rows) lack a run,
+    which category means are incomplete, and whether stale runs were kept."""
     counts = claimed["status"].value_counts()
     return (f"{layout.paper} {layout.table}: {layout.title}. Cells: claimed | reproduced (mean ± sample std over "
             f"seeds, ddof={STD_DDOF}) | Δ = reproduced − claimed, in the claim's unit. {FLAG} marks {TOLERANCE_RULE}; "
             f"{MISSING} = not printed / not run; ≈ = digitized from a figure. Category means are unweighted over "
-            f"categories, per seed. Built only from completed runs: of {len(claimed)} claims, "
+            f"the paper's full category set, per seed. Built only from completed runs: of {len(claimed)} claims, "
             f"{counts.get('not_run', 0)} not run yet, {counts.get('no_producer', 0)} with no producer in the study "
-            "yet.")
+            "yet." + _device_note(counts.get("other_device", 0)) + _coverage_note(claimed, seeds, profile) + stale_note(seeds))
+
+
+def _device_note(count: int) -> str:
+    return (f" {count} speed claim(s) measured here on another device than the paper's GPU: shown with (CPU), "
+            "not judged." if count else "")
+
+
+def _coverage_note(claimed: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> str:
+    """`` Mean rows show – where runs cover k/n categories: ...`` for the table's incomplete means."""
+    means = _match_frame(claimed, profile)
+    means = means[means["category"] == "mean"]
+    keys = ["dataset", "method", "variant", "setting"]
+    partial = seeds[(seeds["category"] == "mean") & seeds["complete"].eq(False)]
+    found = means[keys].drop_duplicates().merge(partial[keys + ["coverage"]].drop_duplicates(), on=keys)
+    if found.empty:
+        return ""
+    listed = sorted({f"{d} {m}/{v}/{s}: {c}" for d, m, v, s, c in found.itertuples(index=False, name=None)})
+    return (f" Mean rows show {MISSING} where runs cover only k/n of the paper's categories ("
+            + "; ".join(listed) + " categories).")
+
+
+def stale_note(seeds: pd.DataFrame) -> str:
+    """`` N runs were reused although stale ...`` when the results hold runs kept by ``reuse_stale``."""
+    stale = seeds[(seeds["category"] != "mean") & seeds["stale"].eq(True)]
+    n = len(stale.drop_duplicates([f for f in MATCH_FIELDS if f != "metric"] + ["seed"]))
+    if not n:
+        return ""
+    return (f" {n} run(s) were reused although what computed them changed since (--reuse-stale / SOWA_REUSE_STALE): "
+            "rerun without it to recompute them.")
+
+
+def _tidy(compared: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """One row per claim of ``compared`` in :data:`TIDY_COLUMNS`, for ``pd.read_csv`` and programs."""
+    claimed = compared[compared["value"].notna()].reset_index(drop=True)
+    keyed = _match_frame(claimed, profile).reset_index(drop=True)
+    return pd.DataFrame({
+        **{c: claimed[c] for c in ("paper", "table", "method")},
+        "dataset": keyed["dataset"], "claimed_dataset": claimed["dataset"], "category": keyed["category"],
+        **{c: claimed[c] for c in ("setting", "shots", "variant", "metric")},
+        "claimed": claimed["value"], "claimed_std": claimed["std"],
+        **{c: claimed[c] for c in ("reproduced", "reproduced_std", "n_seeds", "delta", "status")},
+        "profile": profile,
+    }, columns=TIDY_COLUMNS)
 
 
 def _shape(layout: Layout, claims: pd.DataFrame, seeds: pd.DataFrame, profile: str) -> pd.DataFrame:
-    """The table of ``layout`` filled from ``claims`` and the per-seed results ``seeds``."""
+    """The table of ``layout`` filled from ``claims`` and the per-seed results ``seeds``; ``attrs``
+    hold the caption, the banner and the tidy rows (:func:`_tidy`)."""
     mine = claims[(claims["paper"] == layout.paper) & (claims["table"] == layout.table)]
     compared = _compared(_grid(mine, layout), seeds, profile)
     compared["cell"] = [_cell(row) for row in compared.itertuples(index=False)]
-    compared["column"] = [" / ".join(_label(v) for v in key)
+    compared["column"] = [" / ".join(_label(f, v, profile) for f, v in zip(layout.cols, key))
                           for key in compared[list(layout.cols)].itertuples(index=False, name=None)]
     shaped = compared.pivot(index="_row", columns="_col", values="cell")
     col_names = compared.drop_duplicates("_col").set_index("_col")["column"]
     row_keys = compared.drop_duplicates("_row").set_index("_row")[list(layout.rows)]
-    out = pd.concat([row_keys.map(_label), shaped.rename(columns=col_names)], axis=1).reset_index(drop=True)
+    row_keys = row_keys.apply(lambda column: column.map(lambda v: _label(column.name, v, profile)))
+    out = pd.concat([row_keys, shaped.rename(columns=col_names)], axis=1).reset_index(drop=True)
     out.columns.name = None
-    caption = _caption(layout, compared[compared["value"].notna()])
-    out.attrs.update(table_id=table_id(layout.paper, layout.table), caption=caption, banner=banner(profile))
+    claimed = compared[compared["value"].notna()]
+    caption = _caption(layout, claimed, seeds, profile)
+    out.attrs.update(table_id=table_id(layout.paper, layout.table), caption=caption, banner=banner(profile),
+                     tidy=_tidy(compared, profile))
     return out
 
 
@@ -334,10 +448,12 @@ def build_table(table: str, results_df: pd.DataFrame, profile: str, claims: pd.D
 def summary_table(results_df: pd.DataFrame, profile: str, claims: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per paper: how many claims were reproduced within tolerance, outside it, not run, or have no
     producer in the study."""
-    return _summary(compare(results_df, profile, claims), profile)
+    claims = load_claims() if claims is None else claims
+    seeds = _seed_level(results_df, profile)
+    return _summary(_compared(claims, seeds, profile), profile, stale_note(seeds))
 
 
-def _summary(compared: pd.DataFrame, profile: str) -> pd.DataFrame:
+def _summary(compared: pd.DataFrame, profile: str, note: str = "") -> pd.DataFrame:
     """:func:`summary_table` of claims already judged (:func:`compare`)."""
     counts = pd.crosstab(compared["paper"], compared["status"]).reindex(columns=list(STATUSES), fill_value=0)
     counts = counts.reindex(list(dict.fromkeys(compared["paper"])))
@@ -345,11 +461,12 @@ def _summary(compared: pd.DataFrame, profile: str) -> pd.DataFrame:
     out = counts.assign(claims=counts.sum(axis=1))[["claims", *STATUSES]].reset_index()
     out.columns.name = None
     total = counts.loc["total"]
-    out.attrs.update(table_id="summary", banner=banner(profile), caption=(
+    out.attrs.update(table_id="summary", banner=banner(profile), tidy=out.assign(profile=profile), caption=(
         f"Claims per paper reproduced within tolerance, outside it ({TOLERANCE_RULE}), not run (no completed "
         f"run with a finite value), or with no producer ({NO_PRODUCER_NOTE}). Reproduced = mean over seeds. "
         f"Tables are built only from completed runs: {total['not_run']} of {total.sum()} claims are not run yet, "
-        f"{total['no_producer']} have no producer in the study yet."))
+        f"{total['no_producer']} have no producer in the study yet. Category means use the paper's full "
+        f"category set; a claim on a mean with categories not run counts as not run." + note))
     return out
 
 
@@ -375,26 +492,32 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def to_latex(table: pd.DataFrame) -> str:
-    """A ``table`` environment whose caption carries the banner."""
-    def line(values: Iterable[object]) -> str:
-        return " & ".join(_latex_escape(v) for v in values) + r" \\"
+    """A ``table`` environment whose caption carries the banner; a table wider than
+    :data:`LATEX_MAX_COLUMNS` columns is scaled to the text width (``\\resizebox``: the document
+    needs ``\\usepackage{graphicx}``), and every source line stays short (one cell per line)."""
+    def row(values: Iterable[object]) -> list[str]:
+        cells = [_latex_escape(v) for v in values]
+        return [f"  {cell} &" for cell in cells[:-1]] + [f"  {cells[-1]} " + r"\\"]
 
     caption = _latex_escape(table.attrs["caption"]) + r" \textbf{" + _latex_escape(table.attrs["banner"]) + "}"
+    tabular = [r"\begin{tabular}{" + "l" * len(table.columns) + "}", r"\hline", *row(table.columns), r"\hline",
+               *(line for r in table.itertuples(index=False) for line in row(r)), r"\hline", r"\end{tabular}"]
+    if len(table.columns) > LATEX_MAX_COLUMNS:
+        tabular = [r"\resizebox{\linewidth}{!}{%", *tabular, "}"]
     return "\n".join([
-        r"\begin{table}[htbp]", r"\centering", r"\caption{" + caption + "}",
-        r"\begin{tabular}{" + "l" * len(table.columns) + "}", r"\hline", line(table.columns), r"\hline",
-        *(line(r) for r in table.itertuples(index=False)), r"\hline", r"\end{tabular}", r"\end{table}", "",
+        r"\begin{table}[htbp]", r"\centering", r"\caption{%", *textwrap.wrap(caption, 100, break_long_words=False), "}",
+        *tabular, r"\end{table}", "",
     ])
 
 
 def write_table(table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write ``table`` as ``<table_id>.csv`` (banner and caption as ``#`` lines), ``.md`` and ``.tex``."""
+    """Write ``table`` as ``<table_id>.csv`` (its tidy rows, ``attrs["tidy"]``, when it has them),
+    ``.md`` and ``.tex`` (banner and caption above the paper's shape)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / table.attrs["table_id"]
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
-    header = f"# {table.attrs['banner']}\n# {table.attrs['caption']}\n"
-    paths[0].write_text(header + table.to_csv(index=False))
+    table.attrs.get("tidy", table).to_csv(paths[0], index=False)
     paths[1].write_text(to_markdown(table))
     paths[2].write_text(to_latex(table))
     return paths
@@ -408,8 +531,8 @@ def build_all(results_df: pd.DataFrame, profile: str, out_dir: Path) -> list[Pat
     paths = [p for layout in LAYOUTS.values() for p in write_table(_shape(layout, claims, seeds, profile), out_dir)]
     compared = _compared(claims, seeds, profile)
     long_format = Path(out_dir) / "claims_vs_reproduced.csv"
-    compared.to_csv(long_format, index=False)
-    return paths + write_table(_summary(compared, profile), out_dir) + [long_format]
+    compared.assign(profile=profile).to_csv(long_format, index=False)
+    return paths + write_table(_summary(compared, profile, stale_note(seeds)), out_dir) + [long_format]
 
 
 __all__ = [
@@ -438,7 +561,8 @@ def overview(results_df: pd.DataFrame) -> pd.DataFrame:
     """This study's own results at a glance: one row per (method, variant, setting, dataset, K),
     the seven quality metrics in percent as ``mean ± std`` over seeds of the category means
     (std with ddof = 1, shown when there are several seeds; NaN means undefined, see the store)."""
-    stats = _over_seeds(category_means(results_df), OVERVIEW_KEYS + ["metric"])
+    means = category_means(results_df)
+    stats = _over_seeds(means[means["metric"].isin(QUALITY_METRICS)], OVERVIEW_KEYS + ["metric"])  # speed runs apart
     text = [f"{m:.1f}" if n < 2 or pd.isna(s) else f"{m:.1f} ± {s:.1f}"
             for m, s, n in zip(stats["reproduced"], stats["reproduced_std"], stats["n_seeds"])]
     table = stats.assign(cell=text).pivot(index=OVERVIEW_KEYS, columns="metric", values="cell")

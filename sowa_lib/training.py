@@ -7,9 +7,16 @@ thresholded at 0.5. The method supplies the loss and the optimizer; this module 
 
 Shuffling and mosaic draws are seeded per epoch (``seed``, ``epoch``), so a run resumed from an
 epoch checkpoint continues exactly as an uninterrupted one.
+
+Checkpoint files know what computed them (:mod:`sowa_lib.fingerprint`): a trained model is saved as
+``{fingerprint, config, state}`` (:func:`save_checkpoint`) and :func:`load_checkpoint` refuses one
+whose fingerprint differs, naming the parts that differ. A folder of training snapshots is claimed
+for one fingerprint (:func:`claim_snapshot_dir`); snapshots carry it, and a resumed training starts
+only from a snapshot with the folder's fingerprint.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -21,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sowa_lib import fingerprint
 from sowa_lib.data.augment import draw_tiles, group_by_defect, mosaic
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import image_to_tensor, mask_to_tensor
@@ -152,9 +160,58 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+class StaleCheckpointError(ValueError):
+    """A checkpoint was written by another configuration, data or code version than the one loading it."""
+
+
+def save_checkpoint(path: Path, parts: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Atomically save ``{fingerprint, config, state}``: ``config`` holds the fingerprint ``parts``."""
+    atomic_torch_save({"fingerprint": fingerprint.digest(parts), "config": parts, "state": state}, path)
+
+
+def load_checkpoint(path: Path, parts: dict[str, Any], map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The ``state`` saved at ``path`` if it was saved with ``parts``; otherwise
+    :class:`StaleCheckpointError` naming the parts that differ (a file without a fingerprint, written
+    before fingerprints existed, is refused too)."""
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    stored = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if stored != fingerprint.digest(parts):
+        config = saved.get("config") if stored is not None else None
+        raise StaleCheckpointError(f"{path} was not computed with this configuration, data or code version "
+                                   f"(differs: {', '.join(fingerprint.differing_keys(config, parts))}); "
+                                   "the runner moves it aside and retrains")
+    return saved["state"]
+
+
+SNAPSHOT_MARKER = "fingerprint.json"
+
+
+def snapshot_fingerprint(directory: Path | str | None) -> str | None:
+    """The fingerprint ``directory`` was claimed for (:func:`claim_snapshot_dir`); None if unclaimed."""
+    marker = Path(directory) / SNAPSHOT_MARKER if directory is not None else None
+    if marker is None or not marker.is_file():
+        return None
+    return json.loads(marker.read_text())["fingerprint"]
+
+
+def claim_snapshot_dir(directory: Path, parts: dict[str, Any]) -> Path | None:
+    """Make ``directory`` the snapshot folder of the training ``parts`` describe: a folder claimed for
+    another fingerprint (or for none) is moved aside (:func:`sowa_lib.fingerprint.set_aside`; returned)
+    so that no training resumes from another one's snapshots."""
+    directory, expected = Path(directory), fingerprint.digest(parts)
+    moved = None
+    if directory.exists() and snapshot_fingerprint(directory) != expected:
+        moved = fingerprint.set_aside(directory)
+    if not directory.exists():
+        directory.mkdir(parents=True)
+        (directory / SNAPSHOT_MARKER).write_text(json.dumps({"fingerprint": expected, "config": parts}, indent=1, default=str))
+    return moved
+
+
 class EpochCheckpoints:
-    """One file per finished epoch (``epoch_003.pt``: trainable state, optimizer state, step losses);
-    :meth:`latest` gives what a resumed run starts from."""
+    """One file per finished epoch (``epoch_003.pt``: trainable state, optimizer state, step losses,
+    and the folder's fingerprint, :func:`snapshot_fingerprint`); :meth:`latest` gives what a resumed
+    run starts from: the last snapshot written with the folder's current fingerprint."""
 
     def __init__(self, directory: Path | str | None) -> None:
         self.directory = Path(directory) if directory is not None else None
@@ -163,11 +220,16 @@ class EpochCheckpoints:
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        payload = {"epoch": epoch, "state": state, "optimizer": optimizer.state_dict(), "losses": list(losses)}
+        payload = {"epoch": epoch, "state": state, "optimizer": optimizer.state_dict(), "losses": list(losses),
+                   "fingerprint": snapshot_fingerprint(self.directory)}
         atomic_torch_save(payload, self.directory / f"epoch_{epoch:03d}.pt")
 
     def latest(self) -> dict[str, Any] | None:
         if self.directory is None or not self.directory.is_dir():
             return None
-        files = sorted(self.directory.glob("epoch_*.pt"))
-        return torch.load(files[-1], map_location="cpu", weights_only=True) if files else None
+        expected = snapshot_fingerprint(self.directory)
+        for path in sorted(self.directory.glob("epoch_*.pt"), reverse=True):
+            snapshot = torch.load(path, map_location="cpu", weights_only=True)
+            if snapshot.get("fingerprint") == expected:
+                return snapshot
+        return None

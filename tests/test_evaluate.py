@@ -95,7 +95,9 @@ def test_killed_worker_leaves_no_partial_file_and_rerun_completes(demo_study):
 
 
 def test_worker_killed_while_writing_leaves_no_run_and_the_rerun_removes_its_temporary_file(demo_study):
-    killer = _plan(method="toy_method:KilledMidway", overrides={"kill_on": "grass", "kill_at": "write"}, variant="killed")
+    disarm = demo_study.results_dir / "disarmed"
+    killer = _plan(method="toy_method:KilledMidway", overrides={"kill_on": "grass", "kill_at": "write", "disarmed_by": str(disarm)},
+                   variant="killed")
     with pytest.raises(SweepError, match=r"demo_a/grass.*WorkerDied"):
         run_plan(killer, demo_study, executor=LocalExecutor(jobs=2, retries=0, progress=False), progress=False)
     run_dir = demo_study.run_dir / "runs"
@@ -104,8 +106,8 @@ def test_worker_killed_while_writing_leaves_no_run_and_the_rerun_removes_its_tem
     assert not [p for p in run_dir.rglob("*.json") if p.parent.name == "grass"]
     done = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.json")}
     assert len(done) == 4
-    healed = _plan(method="toy_method:KilledMidway", overrides={"kill_on": "none", "kill_at": "write"}, variant="killed")
-    assert len(run_plan(healed, demo_study, executor=LocalExecutor(jobs=2, progress=False), progress=False)) == 8 * 7
+    disarm.touch()  # the same configuration, no longer killed: the rerun must reuse the four completed runs
+    assert len(run_plan(killer, demo_study, executor=LocalExecutor(jobs=2, progress=False), progress=False)) == 8 * 7
     assert not list(run_dir.rglob(".*.tmp"))
     assert {p: p.stat().st_mtime_ns for p in done} == done  # the completed runs were not recomputed
 
@@ -129,7 +131,8 @@ def test_a_completed_training_keeps_its_final_checkpoint_and_not_its_epoch_snaps
     folder = demo_study.run_dir / "checkpoints" / "toy_method:TrainedMeanDistance" / "default"
     assert sorted(p.name for p in folder.iterdir()) == ["demo_a-brick_seed0.log.json", "demo_a-brick_seed0.pt"]
     snapshots = json.loads((folder / "demo_a-brick_seed0.log.json").read_text())["snapshots"]
-    assert snapshots and all(".parts/epoch_" in s and not Path(s).exists() for s in snapshots)  # written, then removed
+    assert any(".parts/epoch_" in s for s in snapshots)  # written (beside the folder's fingerprint) ...
+    assert not any(Path(s).exists() for s in snapshots)  # ... then removed
     leftover = folder / "demo_a-brick_seed0.parts"  # a snapshot an older version left beside a final checkpoint
     leftover.mkdir()
     (leftover / "epoch_001.pt").write_bytes(b"")
@@ -139,14 +142,47 @@ def test_a_completed_training_keeps_its_final_checkpoint_and_not_its_epoch_snaps
     assert not leftover.exists()
 
 
-def test_runs_scored_with_another_aupro_variant_are_not_reused(demo_study):
+def _mtimes(study) -> dict[str, int]:
+    return {str(p.relative_to(study.run_dir / "runs")): p.stat().st_mtime_ns for p in (study.run_dir / "runs").rglob("*.json")}
+
+
+def test_runs_scored_with_another_aupro_variant_are_recomputed_and_the_old_ones_set_aside(demo_study):
     plan = _plan(shots=(1,), seeds=(0,))
     run_plan(plan, demo_study, progress=False)
-    with pytest.raises(ValueError, match=r"2 stored run\(s\).*aupro_variant='mvtec', not 'cflow_loop'.*Plan\(variant=\.\.\.\)"):
-        run_plan(plan, demo_study, progress=False, aupro_variant="cflow_loop")
-    frame = run_plan(_plan(shots=(1,), seeds=(0,), variant="aupro=cflow_loop"), demo_study, progress=False, aupro_variant="cflow_loop")
-    assert set(frame.aupro_variant) == {"cflow_loop"}
-    assert {"sowa_lib", "torch", "open_clip", "weights"} <= set(frame.columns) and (frame.torch != "").all()
+    with pytest.warns(UserWarning, match=r"stored run is stale \(differs: metrics.aupro_variant\)"):
+        frame = run_plan(plan, demo_study, progress=False, aupro_variant="cflow_loop")
+    assert set(frame.aupro_variant) == {"cflow_loop"} and not frame.stale.any()
+    assert len(list((demo_study.run_dir / "runs").rglob("*.json.stale-*"))) == 2
+    assert {"sowa_lib", "torch", "open_clip", "weights", "dirty", "fingerprint"} <= set(frame.columns) and (frame.torch != "").all()
+
+
+def test_changing_an_option_recomputes_exactly_the_runs_it_affects(demo_study):
+    """Two variants share the store; changing one variant's option recomputes that variant's runs
+    only, with the differing option named; rerunning unchanged recomputes nothing."""
+    small, other = _plan(shots=(1,), variant="small", overrides={"image_size": 32}), _plan(shots=(1,), variant="other", overrides={"image_size": 32})
+    run_plan(small, demo_study, progress=False)
+    run_plan(other, demo_study, progress=False)
+    before = _mtimes(demo_study)
+    changed = _plan(shots=(1,), variant="small", overrides={"image_size": 48})
+    with pytest.warns(UserWarning, match=r"differs: config.image_size"):
+        run_plan(changed, demo_study, progress=False)
+    after = _mtimes(demo_study)
+    recomputed = {p for p in before if after[p] != before[p]}
+    assert recomputed == {p for p in before if p.startswith("toy_method:MeanDistance/small/")} and len(recomputed) == 4
+    run_plan(changed, demo_study, progress=False)
+    run_plan(other, demo_study, progress=False)
+    assert _mtimes(demo_study) == after
+
+
+def test_stale_runs_are_kept_only_on_request_and_marked(demo_study, monkeypatch):
+    run_plan(_plan(shots=(1,), seeds=(0,), variant="v", overrides={"image_size": 32}), demo_study, progress=False)
+    before = _mtimes(demo_study)
+    monkeypatch.setenv("SOWA_REUSE_STALE", "1")
+    frame = run_plan(_plan(shots=(1,), seeds=(0,), variant="v", overrides={"image_size": 48}), demo_study, progress=False)
+    assert frame.stale.all() and set(_mtimes(demo_study)) == set(before)
+    monkeypatch.delenv("SOWA_REUSE_STALE")
+    frame = run_plan(_plan(shots=(1,), seeds=(0,), variant="v", overrides={"image_size": 32}), demo_study, progress=False)
+    assert not frame.stale.any()  # current again: the mark is cleared
 
 
 def test_executor_options_come_from_the_environment(monkeypatch):
@@ -285,7 +321,7 @@ def test_few_shot_training_keeps_a_checkpoint_per_draw_and_resumes_from_it(demo_
     plan = Plan("agpnet", "few_shot", ("demo_a",), shots=(1,), seeds=(0,), categories=("brick",),
                 variant="two_epochs", overrides={"few_shot_epochs": 2})
     first = run_plan(plan, demo_study, progress=False)
-    parts = sorted((demo_study.run_dir / "checkpoints" / "agpnet" / "two_epochs").glob("*.parts/*"))
+    parts = sorted((demo_study.run_dir / "checkpoints" / "agpnet" / "two_epochs").glob("*.parts/*.pt"))
     assert [p.parent.name for p in parts] == ["demo_a-brick-k1_seed0.parts"]
     written = parts[0].stat().st_mtime_ns
     for result in (demo_study.run_dir / "runs").rglob("*.json"):

@@ -51,13 +51,18 @@ class MeanDistance(AnomalyMethod):
 class KilledMidway(MeanDistance):
     """Kills its own worker process on one category, as a pre-empted or OOM-killed job would die:
     in ``predict`` (``kill_at="predict"``) or inside ``runs.write_run`` once the run's temporary file
-    is complete, just before its atomic rename (``kill_at="write"``). Only for worker processes."""
+    is complete, just before its atomic rename (``kill_at="write"``). Only for worker processes.
+    ``disarmed_by``: a file whose existence stops the killing, so that a rerun of the same
+    configuration (same fingerprint) completes."""
 
-    def __init__(self, kill_on: str = "", kill_at: str = "predict", **kwargs) -> None:
+    def __init__(self, kill_on: str = "", kill_at: str = "predict", disarmed_by: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
         self.kill_on, self.kill_at = kill_on, kill_at
+        self.disarmed_by = disarmed_by
 
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
+        if self.disarmed_by and Path(self.disarmed_by).exists():
+            return super().predict(images, category)
         if category == self.kill_on and self.kill_at == "predict":
             os._exit(9)
         if category == self.kill_on and self.kill_at == "write":

@@ -67,7 +67,18 @@ def load(name: str, root: str | Path, category: str | None = None, split: str = 
     return [s for c in cats for part in parts for s in _load_split(name, root, c, part, meta)]
 
 
-__all__ = ["DATASETS", "CorruptImageError", "Sample", "categories", "describe", "load"]
+def full_category_set(dataset: str) -> tuple[str, ...] | None:
+    """Every category of study dataset ``dataset`` (``mvtec`` ... or a demo group ``demo_a``): the
+    set the papers' means (and the tables' mean rows) average over; None for an unknown dataset."""
+    groups = _module("demo").GROUPS
+    if dataset in groups:
+        return tuple(c.name for c in groups[dataset])
+    if dataset not in DATASETS:
+        return None
+    return tuple(getattr(_module(dataset), "CATEGORIES", ())) or None
+
+
+__all__ = ["DATASETS", "CorruptImageError", "Sample", "categories", "describe", "full_category_set", "load"]
 
 
 def describe(name: str, root: str | Path) -> "pandas.DataFrame":

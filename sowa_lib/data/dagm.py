@@ -25,6 +25,7 @@ LABEL_FOLDER = "Label"
 MASK_NAMES = ("{stem}_label",)
 DEFECTS = ("good", "bad")
 CLASS_PATTERN = re.compile(r"Class(\d+)")
+CATEGORIES = tuple(f"Class{n}" for n in range(1, 11))  # DAGM 2007's ten classes (the papers' mean)
 DAGM_LAYOUT = "<root>/Class<N>/{Train,Test}/<NNNN>.PNG, <root>/Class<N>/{Train,Test}/Label/<NNNN>_label.PNG"
 EXPECTED_COUNTS: dict[str, tuple[int, int, int]] = {}  # only [M] totals are known (spec §2.2)
 COUNTS_VERIFIED = False

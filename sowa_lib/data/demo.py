@@ -365,6 +365,13 @@ def _read_manifest(root: Path) -> dict | None:
         return None
 
 
+def manifest_hash(group_root: str | Path) -> str | None:
+    """The content hash in the manifest of the demo benchmark that ``group_root`` (``.../demo_a``)
+    belongs to: the identity of its data (a run's fingerprint); None without a manifest."""
+    manifest = _read_manifest(Path(group_root).parent)
+    return manifest.get("content_hash") if manifest else None
+
+
 def _is_complete(root: Path, parameters: dict) -> bool:
     manifest = _read_manifest(root)
     return (

@@ -41,10 +41,18 @@ def build(name: str, profile: str | None = None, **overrides: Any) -> AnomalyMet
     ``profile=None`` and ``"paper"`` both give the reference-implementation defaults.
     """
     cls = method_class(name)
-    options = {**cls.profiles.get(profile or "paper", {}), **overrides}
-    method = cls(**options)
-    method._config = {"method": name, "profile": profile or "paper", **options_in_effect(cls, options)}
+    method = cls(**{**cls.profiles.get(profile or "paper", {}), **overrides})
+    method._config = configuration(name, profile, **overrides)
     return method
+
+
+def configuration(name: str, profile: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """The configuration ``build(name, profile, **overrides)`` records (:meth:`AnomalyMethod.config`),
+    computed without building the method (cheap even for ViT-L): method, profile and every
+    constructor option in effect (:func:`options_in_effect`)."""
+    cls = method_class(name)
+    options = {**cls.profiles.get(profile or "paper", {}), **overrides}
+    return {"method": name, "profile": profile or "paper", **options_in_effect(cls, options)}
 
 
 def options_in_effect(cls: type[AnomalyMethod], options: dict[str, Any]) -> dict[str, Any]:
@@ -68,4 +76,4 @@ def options_in_effect(cls: type[AnomalyMethod], options: dict[str, Any]) -> dict
     return {**resolved, **remaining}
 
 
-__all__ = ["AnomalyMethod", "Prediction", "available", "build", "method_class", "options_in_effect"]
+__all__ = ["AnomalyMethod", "Prediction", "available", "build", "configuration", "method_class", "options_in_effect"]

@@ -47,7 +47,7 @@ from sowa_lib.backbones.dino import DINO_IMAGE_SIZE, DINO_VIT_S16, TINY_DINO, Di
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images
 from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
-from sowa_lib.training import atomic_torch_save
+from sowa_lib.training import SNAPSHOT_MARKER, atomic_torch_save, snapshot_fingerprint
 
 SETTINGS = ("multi_class", "one_class", "few_shot")
 NOISE_TYPES = ("attention", "random", "none")
@@ -577,7 +577,8 @@ class AGPNet(AnomalyMethod):
         """AdamW over ``epochs`` epochs of shuffled batches; the EMA teacher follows every
         ``ema_every`` steps. After each epoch decoder, teacher, optimiser, epoch, step counter and
         RNG state are written atomically (with :meth:`config`), so a resumed run continues bit for bit;
-        a checkpoint written by another configuration is refused."""
+        a checkpoint written by another configuration, or for another fingerprint than its folder's
+        (:func:`~sowa_lib.training.claim_snapshot_dir`), is refused."""
         device = self.device
         optimizer = torch.optim.AdamW(self.decoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator(device=device).manual_seed(self.seed)
@@ -609,7 +610,8 @@ class AGPNet(AnomalyMethod):
     def _save(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict, n_images: int, epochs: int) -> None:
         atomic_torch_save({
             "model": self.trainable_state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-            "n_images": n_images, "epochs": epochs, "config": self.plain_config(), **state,
+            "n_images": n_images, "epochs": epochs, "config": self.plain_config(),
+            "fingerprint": snapshot_fingerprint(path.parent), **state,
         }, path)
 
     def _resume(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, n_images: int, epochs: int) -> dict:
@@ -617,6 +619,9 @@ class AGPNet(AnomalyMethod):
         if (saved["n_images"], saved["epochs"]) != (n_images, epochs):
             raise ValueError(f"{path} was written for {saved['n_images']} images / {saved['epochs']} epochs, "
                              f"not {n_images} / {epochs}; delete it to start over")
+        if saved.get("fingerprint") != snapshot_fingerprint(path.parent):
+            raise ValueError(f"{path} was written for another fingerprint than its folder's ({path.parent / SNAPSHOT_MARKER}); "
+                             f"delete {path.parent} to start over")
         config, saved_config = self.plain_config(), saved.get("config", {})
         if saved_config != config:
             differ = sorted(k for k in {*config, *saved_config} if saved_config.get(k) != config.get(k))

@@ -7,12 +7,17 @@ The runner (:mod:`sowa_lib.evaluate`) drives every method the same way::
     method.set_references(ref_images, cls)  # K normal images, preprocessed like the queries; K = 0 allowed
     pred = method.predict(images, cls)      # one batch of normalised images [N, 3, S, S]
     pred = method.finalize_category(pred)   # category-level (transductive) step, identity by default
+
+``predict``, ``set_references`` and ``finalize_category`` always run in eval mode, whatever mode the
+module is in, and leave every submodule's mode as the caller had it (:func:`in_eval_mode`, applied to
+every subclass): a method built by ``methods.build`` and called straight away is deterministic.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +47,31 @@ class Prediction:
         )
 
 
+#: The methods of the face that run in eval mode (DESIGN.md: "predict is deterministic whatever mode
+#: the module is in"). A method that trains inside one of them (AGPNet few-shot trains its decoder in
+#: ``set_references``) switches the part it trains to train mode itself.
+EVAL_MODE_METHODS = ("predict", "set_references", "finalize_category")
+
+
+def in_eval_mode(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function(self, ...)`` run with ``self`` and all its submodules in eval mode; each submodule's
+    mode is restored afterwards (also when ``function`` raises)."""
+    @functools.wraps(function)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        modes = [(module, module.training) for module in self.modules()]
+        if not any(training for _, training in modes):
+            return function(self, *args, **kwargs)
+        self.eval()
+        try:
+            return function(self, *args, **kwargs)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    wrapper.__eval_mode__ = True
+    return wrapper
+
+
 class AnomalyMethod(nn.Module):
     """Base class: subclasses set the class attributes and implement :meth:`predict`.
 
@@ -62,6 +92,14 @@ class AnomalyMethod(nn.Module):
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
 
     image_size: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the :data:`EVAL_MODE_METHODS` a subclass defines with :func:`in_eval_mode`."""
+        super().__init_subclass__(**kwargs)
+        for name in EVAL_MODE_METHODS:
+            function = vars(cls).get(name)
+            if function is not None and not getattr(function, "__eval_mode__", False):
+                setattr(cls, name, in_eval_mode(function))
 
     def fit(
         self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True
@@ -104,14 +142,19 @@ class AnomalyMethod(nn.Module):
     def plain_config(self) -> dict[str, Any]:
         """:meth:`config` as JSON and weights-only checkpoints can hold it: objects passed as options
         (a built backbone, a model in memory) by their ``repr``."""
-        plain = (int, float, str, bool, type(None), list, tuple)
-        return {k: v if isinstance(v, plain) else repr(v) for k, v in self.config().items()}
+        return plain_options(self.config())
 
     @property
     def device(self) -> torch.device:
         for tensor in (*self.parameters(), *self.buffers()):
             return tensor.device
         return torch.device("cpu")
+
+
+def plain_options(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every value that is not a JSON scalar, list or tuple replaced by its ``repr``."""
+    plain = (int, float, str, bool, type(None), list, tuple)
+    return {k: v if isinstance(v, plain) else repr(v) for k, v in config.items()}
 
 
 def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
