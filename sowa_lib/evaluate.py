@@ -79,10 +79,10 @@ class _SampleCache:
             self._samples[key] = data.load(ref.loader, ref.root, category, split)
         return self._samples[key]
 
-    def images(self, dataset: str, category: str, size: int, normalization: str) -> torch.Tensor:
-        key = ("img", dataset, category, size, normalization)
+    def images(self, dataset: str, category: str, size: int, normalization: str, interpolation: str = "bicubic") -> torch.Tensor:
+        key = ("img", dataset, category, size, normalization, interpolation)
         if key not in self._tensors:
-            self._tensors[key] = load_images(self.samples(dataset, category, "test"), size, normalization)
+            self._tensors[key] = load_images(self.samples(dataset, category, "test"), size, normalization, interpolation)
         return self._tensors[key]
 
     def masks(self, dataset: str, category: str, size: int) -> torch.Tensor:
@@ -268,14 +268,23 @@ def reference_options(method: AnomalyMethod, plan: Plan, profile: Profile, spec:
     return {"checkpoint_dir": checkpoint_path(profile, plan, name, spec.seed).with_suffix(".parts")}
 
 
+def use_references(method: AnomalyMethod, refs: Sequence[Sample], category: str, options: dict[str, Any]) -> None:
+    """``set_references`` with the K loaded references, or ``clear_references`` for zero-shot (K = 0)."""
+    if not refs:
+        method.clear_references(category)
+        return
+    images = load_images(refs, method.image_size, method.normalization, method.interpolation).to(device=method.device, dtype=method.dtype)
+    method.set_references(images, category, **options)
+
+
 def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _SampleCache, training_log: dict) -> Path:
     profile = job.profile
     size, norm = method.image_size, method.normalization
     test = cache.samples(spec.dataset, spec.category, "test")
     refs = references(method, cache, spec.dataset, spec.category, spec.shots, spec.seed)
     start = time.perf_counter()
-    method.set_references(load_images(refs, size, norm).to(method.device), spec.category, **reference_options(method, job.plan, profile, spec))
-    pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm), spec.category, profile.batch_size)
+    use_references(method, refs, spec.category, reference_options(method, job.plan, profile, spec))
+    pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm, method.interpolation), spec.category, profile.batch_size)
     seconds = time.perf_counter() - start
     labels = torch.tensor([s.label for s in test])
     values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), job.aupro_variant)
@@ -302,7 +311,7 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
     cache = _SampleCache(profile)
     method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
     refs = references(method, cache, dataset, category, shots, seed)
-    method.set_references(load_images(refs, method.image_size, method.normalization).to(method.device), category,
-                          **reference_options(method, plan, profile, spec))
-    pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization), category, profile.batch_size)
+    use_references(method, refs, category, reference_options(method, plan, profile, spec))
+    pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization, method.interpolation),
+                            category, profile.batch_size)
     return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
