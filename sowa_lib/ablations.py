@@ -73,6 +73,10 @@ def _sowa(profile: str) -> list[Ablation]:
                  note="the mosaic only runs when training on MVTec, i.e. for the VisA target"),
         Ablation("sowa", "fewshot_image_score=raw", {"fewshot_image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
         Ablation("sowa", "memory_features=adapted", {"memory_features": "adapted"}, "few_shot", "switch", (4,)),
+        Ablation("sowa", "epochs=5,lr_schedule=none", {"epochs": 5, "lr_schedule": "none"}, "zero_shot", "switch",
+                 note="no ReduceLROnPlateau; compare with epochs=5 (at the default 1 epoch the schedule is a no-op)"),
+        Ablation("sowa", "epochs=5,keep_checkpoint=last", {"epochs": 5, "keep_checkpoint": "last"}, "zero_shot", "switch",
+                 note="the last epoch's weights, no early stopping; compare with epochs=5"),
         Ablation("sowa", "aupro=cflow_loop", {}, "zero_shot", "metric", aupro_variant="cflow_loop"),
         Ablation("sowa", "aupro=sowa", {}, "zero_shot", "metric", aupro_variant="sowa", note="per-image-averaged FPR, as SOWA's code"),
     ]
@@ -89,14 +93,34 @@ def _april_gan(profile: str) -> list[Ablation]:
                  note="the activation the OpenAI weights were trained with; the official 518-px path runs exact GELU"),
         Ablation("april_gan", "image_score=raw", {"image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
         Ablation("april_gan", "references=without_replacement", {"reference_replacement": False}, "few_shot", "switch", (4,)),
+        Ablation("april_gan", "dice_single_image_quirk=False", {"dice_single_image_quirk": False}, "zero_shot", "switch",
+                 note="per-image Dice for a batch of one; differs only when the training set size is ≡ 1 mod 8"),
         Ablation("april_gan", "aupro=cflow_loop", {}, "zero_shot", "metric", aupro_variant="cflow_loop"),
     ]
 
 
 def _winclip() -> list[Ablation]:
+    """anomalib's choices (the defaults) against the WinCLIP paper's or the usual alternative
+    (module docstring of :mod:`sowa_lib.methods.winclip`; issue #18)."""
     return [
         Ablation("winclip", "temperature=0.01", {"temperature": 0.01}, "zero_shot", "switch", note="logit scale 100 as caoyunkang/mala-lab"),
         Ablation("winclip", "no_class_name", {"use_class_name": False}, "zero_shot", "switch", note="'object' in every prompt"),
+        Ablation("winclip", "templates=deduplicated", {"templates": "deduplicated"}, "zero_shot", "switch",
+                 note="'a jpeg corrupted photo of a {}.' in place of anomalib's duplicate"),
+        Ablation("winclip", "abnormal_states=with_broken", {"abnormal_states": "with_broken"}, "zero_shot", "switch",
+                 note="the paper's five anomalous states, with 'broken'"),
+        Ablation("winclip", "text_averaging=normalized", {"text_averaging": "normalize_mean_normalize"}, "zero_shot", "switch",
+                 note="normalise each prompt embedding, average, normalise (usual CLIP ensemble)"),
+        Ablation("winclip", "zero_shot_mean=arithmetic", {"zero_shot_mean": "arithmetic"}, "zero_shot", "switch",
+                 note="arithmetic instead of harmonic mean of the image, 2×2 and 3×3 maps"),
+        Ablation("winclip", "smoothing_sigma=4", {"smoothing_sigma": 4.0}, "zero_shot", "switch", note="Gaussian σ = 4 on the map"),
+        Ablation("winclip", "upsample_align_corners", {"upsample_align_corners": True}, "zero_shot", "switch"),
+        Ablation("winclip", "patch_layer=penultimate", {"patch_layer": "penultimate"}, "few_shot", "switch", (4,),
+                 note="patch memory from the penultimate block, as the paper speaks of it"),
+        Ablation("winclip", "few_shot_mean=harmonic", {"few_shot_mean": "harmonic"}, "few_shot", "switch", (4,),
+                 note="harmonic instead of arithmetic mean of the patch, 2×2 and 3×3 maps"),
+        Ablation("winclip", "fusion=harmonic", {"fusion": "harmonic"}, "few_shot", "switch", (4,),
+                 note="zero- and few-shot map and score fused by a harmonic instead of an arithmetic mean"),
     ]
 
 
@@ -132,6 +156,13 @@ def _agpnet(profile: str) -> list[Ablation]:
     taps = {"deepest": (3,), "shallow+deepest": (0, 3), "middle+deepest": (2, 3)} if demo else {"deepest": (11,), "shallow+deepest": (2, 11), "middle+deepest": (5, 11)}
     runs += [Ablation("agpnet", f"multi_layer={name}", {"taps": t}, "multi_class", "knob", table="Table 8") for name, t in taps.items()]
     runs.append(Ablation("agpnet", "mean_teacher=without", {"mean_teacher": False}, "multi_class", "knob", table="Table 8"))
+    vitad = {"fusion=False": ({"fusion": False}, "no Linear fusion before the decoder"),
+             "weight_decay_params=all": ({"weight_decay_params": "all"}, "AdamW weight decay on every tensor, biases and norms included"),
+             "grad_clip_norm=None": ({"grad_clip_norm": None}, "no gradient clipping"),
+             "drop_last=False": ({"drop_last": False}, "the last partial batch is trained on"),
+             "image_interpolation=bicubic": ({"image_interpolation": "bicubic"}, "bicubic image resize, as the other methods")}
+    runs += [Ablation("agpnet", name, overrides, "multi_class", "switch", note=f"ViTAD's behaviour off: {note}")
+             for name, (overrides, note) in vitad.items()]
     return runs
 
 

@@ -87,10 +87,10 @@ class _SampleCache:
             self._samples[key] = data.load(ref.loader, ref.root, category, split)
         return self._samples[key]
 
-    def images(self, dataset: str, category: str, size: int, normalization: str) -> torch.Tensor:
-        key = ("img", dataset, category, size, normalization)
+    def images(self, dataset: str, category: str, size: int, normalization: str, interpolation: str = "bicubic") -> torch.Tensor:
+        key = ("img", dataset, category, size, normalization, interpolation)
         if key not in self._tensors:
-            self._tensors[key] = load_images(self.samples(dataset, category, "test"), size, normalization)
+            self._tensors[key] = load_images(self.samples(dataset, category, "test"), size, normalization, interpolation)
         return self._tensors[key]
 
     def identity(self, dataset: str, category: str | None, split: str) -> str:
@@ -352,6 +352,15 @@ def run_references(plan: Plan, profile: Profile, spec: runs.RunSpec, cache: _Sam
     return references(cache, spec.dataset, spec.category, spec.shots, spec.seed, bool(replacement))
 
 
+def use_references(method: AnomalyMethod, refs: Sequence[Sample], category: str, options: dict[str, Any]) -> None:
+    """``set_references`` with the K loaded references, or ``clear_references`` for zero-shot (K = 0)."""
+    if not refs:
+        method.clear_references(category)
+        return
+    images = load_images(refs, method.image_size, method.normalization, method.interpolation).to(device=method.device, dtype=method.dtype)
+    method.set_references(images, category, **options)
+
+
 def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _SampleCache, training_log: dict) -> Path:
     profile = job.profile
     size, norm = method.image_size, method.normalization
@@ -359,8 +368,8 @@ def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _Sample
     refs = run_references(job.plan, profile, spec, cache)
     parts = run_parts(job.plan, profile, spec, job.aupro_variant, cache)
     start = time.perf_counter()
-    method.set_references(load_images(refs, size, norm).to(method.device), spec.category, **reference_options(method, job.plan, profile, spec, parts))
-    pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm), spec.category, profile.batch_size)
+    use_references(method, refs, spec.category, reference_options(method, job.plan, profile, spec, parts))
+    pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm, method.interpolation), spec.category, profile.batch_size)
     seconds = time.perf_counter() - start
     labels = torch.tensor([s.label for s in test])
     values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), job.aupro_variant)
@@ -389,9 +398,9 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
     method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
     refs = run_references(plan, profile, spec, cache)
     parts = run_parts(plan, profile, spec, "mvtec", cache)
-    method.set_references(load_images(refs, method.image_size, method.normalization).to(method.device), category,
-                          **reference_options(method, plan, profile, spec, parts))
-    pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization), category, profile.batch_size)
+    use_references(method, refs, category, reference_options(method, plan, profile, spec, parts))
+    pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization, method.interpolation),
+                            category, profile.batch_size)
     return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
 
 
@@ -422,8 +431,8 @@ def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: 
         return runs.load_results(profile.run_dir, [spec])
     method = methods.build(plan.method, profile=profile.name, **method_options(plan, None)).to(profile.device)
     size, norm = method.image_size, method.normalization
-    images = load_images(cache.samples(dataset, category, "test")[:n_images], size, norm)
-    references = load_images(run_references(plan, profile, spec, cache), size, norm)
+    images = load_images(cache.samples(dataset, category, "test")[:n_images], size, norm, method.interpolation)
+    references = load_images(run_references(plan, profile, spec, cache), size, norm, method.interpolation)
     cuda = torch.device(profile.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()

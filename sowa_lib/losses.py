@@ -25,9 +25,14 @@ def focal_loss(probabilities: torch.Tensor, masks: torch.Tensor, gamma: float = 
     return (-((1.0 - pt) ** gamma) * pt.log()).mean()
 
 
-def dice_loss(probabilities: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Binary Dice ``1 - mean_b (2 Σ p·g + 1) / (Σ p + Σ g + 1)`` of ``[B, H, W]`` maps (§1.7)."""
-    p = probabilities.flatten(1)
-    g = masks.flatten(1).to(p.dtype)
+def dice_loss(probabilities: torch.Tensor, masks: torch.Tensor, per_row: bool = False) -> torch.Tensor:
+    """Binary Dice ``1 - mean_b (2 Σ p·g + 1) / (Σ p + Σ g + 1)`` of ``[B, H, W]`` maps (§1.7).
+
+    ``per_row``: every map row is its own unit, ``1 - mean over the B·H rows`` — what the reference
+    computes for a batch of one image, whose mask ``squeeze()`` leaves ``[H, W]`` so that the loss
+    reads H as the batch size (April-GAN ``train.py``; issue #18).
+    """
+    p = probabilities.reshape(-1, probabilities.shape[-1]) if per_row else probabilities.flatten(1)
+    g = masks.reshape(p.shape).to(p.dtype)
     dice = (2.0 * (p * g).sum(dim=1) + DICE_SMOOTH) / (p.sum(dim=1) + g.sum(dim=1) + DICE_SMOOTH)
     return 1.0 - dice.mean()

@@ -6,12 +6,13 @@ Two ensembles, copied exactly from the reference code (spec april_gan_winclip_pe
   sentence, averaged, normalised again (``"normalize_mean_normalize"``).
 - ``WINCLIP``: anomalib's 7 normal + 4 anomalous states × 21 templates, including its duplicated
   ``"a jpeg corrupted photo of the {}."``; features are the mean of the raw embeddings (``"mean"``).
+  :func:`winclip_ensemble` swaps each of these choices for its alternative (WinCLIP's switches).
 
 Sentences are ``template.format(state.format(class_name))`` with states outer and templates inner.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -118,6 +119,33 @@ WINCLIP = PromptEnsemble(
     templates=WINCLIP_TEMPLATES,
     averaging="mean",
 )
+
+#: WinCLIP's template lists: anomalib's 21 (``"anomalib"``, with its duplicate) or the same list with
+#: the duplicate's second copy read as the missing ``"a jpeg corrupted photo of a {}."``
+#: (``"deduplicated"``: every article pair complete, as the other template pairs; spec §2.2).
+WINCLIP_TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "anomalib": WINCLIP_TEMPLATES,
+    "deduplicated": (*WINCLIP_TEMPLATES[:8], "a jpeg corrupted photo of a {}.", *WINCLIP_TEMPLATES[9:]),
+}
+#: WinCLIP's anomalous states: anomalib's 4 (``"anomalib"``) or with ``"broken {}"`` (``"with_broken"``,
+#: the five states of the WinCLIP paper's list, placed as April-GAN places it; issue #18).
+WINCLIP_ABNORMAL_STATES: dict[str, tuple[str, ...]] = {
+    "anomalib": WINCLIP.abnormal_states,
+    "with_broken": ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"),
+}
+#: How sentence features become a class feature: anomalib's mean of raw embeddings, or the usual CLIP
+#: ensemble (April-GAN's): normalise each, average, normalise again.
+AVERAGING_RULES: tuple[str, ...] = ("mean", "normalize_mean_normalize")
+
+
+def winclip_ensemble(templates: str = "anomalib", abnormal_states: str = "anomalib", averaging: str = "mean") -> PromptEnsemble:
+    """WinCLIP's ensemble with each of anomalib's choices selectable (defaults: :data:`WINCLIP`)."""
+    for option, value, choices in (("templates", templates, WINCLIP_TEMPLATE_SETS), ("abnormal_states", abnormal_states, WINCLIP_ABNORMAL_STATES),
+                                   ("averaging", averaging, AVERAGING_RULES)):
+        if value not in choices:
+            raise ValueError(f"{option}={value!r}; choose one of {tuple(choices)}")
+    return replace(WINCLIP, templates=WINCLIP_TEMPLATE_SETS[templates], abnormal_states=WINCLIP_ABNORMAL_STATES[abnormal_states],
+                   averaging=averaging)
 
 #: anomalib's class name when none is given (spec §2.4).
 DEFAULT_CLASS_NAME = "object"

@@ -581,3 +581,15 @@ def variant_effects(results_df: pd.DataFrame, metrics: Sequence[str] = ("image_a
     joined = joined.assign(delta=joined["reproduced"] - joined["default"])
     table = joined.pivot(index=["method", "variant", "setting", "dataset", "shots"], columns="metric", values="delta")
     return table[[m for m in metrics if m in table.columns]].round(1)
+
+
+def beside_claim(paper: str, table: str, method: str, metric: str, measured: float) -> pd.DataFrame:
+    """One measured value (e.g. AGPNet's learnable parameters in millions from
+    :func:`sowa_lib.methods.agpnet.learnable_parameters`) beside the paper's claim of it: one row per
+    matching claim with ``claimed``, ``measured`` and ``delta``."""
+    claims = load_claims(paper)
+    rows = claims[(claims["table"] == table) & (claims["method"] == method) & (claims["metric"] == metric)]
+    if rows.empty:
+        raise KeyError(f"no {paper} claim of {method}/{metric} in {table}")
+    out = rows[["table", "method", "variant", "metric"]].assign(claimed=rows["value"], measured=measured)
+    return out.assign(delta=out["measured"] - out["claimed"]).reset_index(drop=True)

@@ -17,6 +17,7 @@ only from a snapshot with the folder's fingerprint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import tempfile
@@ -110,12 +111,13 @@ def train_segmentation(
     normalization: str = "clip",
     device: torch.device | str = "cpu",
     start_epoch: int = 0,
-    on_epoch_end: Callable[[int, list[float]], None] | None = None,
+    on_epoch_end: Callable[[int, list[float]], bool | None] | None = None,
     progress: bool = True,
 ) -> list[float]:
     """Train for ``schedule.epochs`` epochs; returns the loss of every optimisation step.
 
-    ``loss_fn(batch)`` returns the scalar to minimise for a :class:`TrainingBatch`. ``on_epoch_end(epoch, step_losses_so_far)`` runs after each epoch (checkpointing).
+    ``loss_fn(batch)`` returns the scalar to minimise for a :class:`TrainingBatch`. ``on_epoch_end(epoch, step_losses_so_far)`` runs after each epoch (checkpointing);
+    training stops early when it returns True.
     Epochs before ``start_epoch`` are skipped (resuming).
     """
     if not samples:
@@ -141,8 +143,8 @@ def train_segmentation(
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, losses)
+        if on_epoch_end is not None and on_epoch_end(epoch, losses):
+            break
     bar.close()
     return losses
 
@@ -206,6 +208,35 @@ def claim_snapshot_dir(directory: Path, parts: dict[str, Any]) -> Path | None:
         directory.mkdir(parents=True)
         (directory / SNAPSHOT_MARKER).write_text(json.dumps({"fingerprint": expected, "config": parts}, indent=1, default=str))
     return moved
+class TrainLossMonitor:
+    """What SOWA's Lightning callbacks do with each epoch's mean training loss (``train/loss``, sowa
+    §2.3): ``ReduceLROnPlateau(mode="min", factor, patience)`` steps on it (``plateau``);
+    ``ModelCheckpoint(monitor="train/loss", mode="min")`` remembers the epoch with the lowest loss
+    (strictly lower than every earlier one); ``EarlyStopping(patience=stop_patience)`` asks to stop
+    after that many epochs without a new lowest loss."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, plateau: bool, factor: float = 0.1, patience: int = 5,
+                 stop_patience: int | None = 10) -> None:
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience) if plateau else None
+        self.stop_patience = stop_patience
+        self.best_loss, self.best_epoch, self.best_state, self.stale = math.inf, -1, None, 0
+
+    def update(self, epoch: int, loss: float, state: Callable[[], dict[str, torch.Tensor]] | None = None) -> bool:
+        """Record epoch ``epoch``'s mean loss; ``state()`` gives its weights, kept when they are the best
+        (None when replaying earlier epochs on resume). Returns True when training should stop."""
+        if self.scheduler is not None:
+            self.scheduler.step(loss)
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.stale = loss, epoch, 0
+            self.best_state = state() if state is not None else None
+        else:
+            self.stale += 1
+        return self.stop_patience is not None and self.stale >= self.stop_patience
+
+
+def epoch_mean_losses(step_losses: Sequence[float], steps_per_epoch: int) -> list[float]:
+    """Per-epoch means of consecutive step losses (torchmetrics ``MeanMetric`` over an epoch's steps)."""
+    return [sum(chunk) / len(chunk) for chunk in (step_losses[i : i + steps_per_epoch] for i in range(0, len(step_losses), steps_per_epoch))]
 
 
 class EpochCheckpoints:
@@ -223,6 +254,10 @@ class EpochCheckpoints:
         payload = {"epoch": epoch, "state": state, "optimizer": optimizer.state_dict(), "losses": list(losses),
                    "fingerprint": snapshot_fingerprint(self.directory)}
         atomic_torch_save(payload, self.directory / f"epoch_{epoch:03d}.pt")
+
+    def load(self, epoch: int) -> dict[str, Any]:
+        """The checkpoint written after ``epoch``."""
+        return torch.load(self.directory / f"epoch_{epoch:03d}.pt", map_location="cpu", weights_only=True)
 
     def latest(self) -> dict[str, Any] | None:
         if self.directory is None or not self.directory.is_dir():

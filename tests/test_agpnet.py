@@ -322,14 +322,15 @@ def _interrupt_after_first_epoch(train, monkeypatch) -> None:
     monkeypatch.setattr(AGPNet, "_save", real_save)
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path: Path, monkeypatch) -> None:
-    train = dataset["train"][:6]  # batches of 4 and 2
-    uninterrupted = tiny(epochs=3)
+@pytest.mark.parametrize(("drop_last", "steps"), [(True, 3), (False, 6)])
+def test_resume_after_interruption_equals_an_uninterrupted_run(drop_last: bool, steps: int, dataset, tmp_path: Path, monkeypatch) -> None:
+    train = dataset["train"][:6]  # batches of 4 and 2; ViTAD's drop_last (default) drops the 2
+    uninterrupted = tiny(epochs=3, drop_last=drop_last)
     uninterrupted.fit(train, checkpoint_dir=tmp_path / "full", progress=False)
-    _interrupt_after_first_epoch(lambda: tiny(epochs=3).fit(train, checkpoint_dir=tmp_path / "cut", progress=False), monkeypatch)
-    resumed = tiny(epochs=3)
+    _interrupt_after_first_epoch(lambda: tiny(epochs=3, drop_last=drop_last).fit(train, checkpoint_dir=tmp_path / "cut", progress=False), monkeypatch)
+    resumed = tiny(epochs=3, drop_last=drop_last)
     log = resumed.fit(train, checkpoint_dir=tmp_path / "cut", progress=False)
-    assert len(log["loss"]) == 3 and log["steps"] == 6
+    assert len(log["loss"]) == 3 and log["steps"] == steps
     expected = uninterrupted.trainable_state_dict()
     for key, value in resumed.trainable_state_dict().items():
         torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0)
@@ -378,13 +379,13 @@ def test_training_is_deterministic(dataset) -> None:
     {"taps": (3,), "attention_blocks": (3,)},
 ])
 def test_every_ablation_trains_one_epoch(options: dict, dataset) -> None:
-    model = tiny(epochs=1, **options)
+    model = tiny(epochs=1, batch_size=2, **options)  # one full batch of the 2 images (drop_last)
     log = model.fit(dataset["train"][:2], progress=False)
     assert math.isfinite(log["loss"][0])
 
 
 def test_cnn_backbone_uses_activation_attention_and_projections(dataset) -> None:
-    model = tiny(backbone="tiny_resnet", taps=("layer2", "layer3"), decoder_dim=32, decoder_heads=4, epochs=1)
+    model = tiny(backbone="tiny_resnet", taps=("layer2", "layer3"), decoder_dim=32, decoder_heads=4, epochs=1, batch_size=2)
     assert model.extractor.width == 128 + 256
     assert isinstance(model.decoder.in_proj, nn.Linear) and model.decoder.in_proj.out_features == 32
     images = load_images(dataset["train"][:2], SIZE, "imagenet")
@@ -394,7 +395,7 @@ def test_cnn_backbone_uses_activation_attention_and_projections(dataset) -> None
 
 
 def test_clip_backbone_prior_and_normalization(dataset) -> None:
-    model = tiny(backbone="tiny-clip-b16", decoder_heads=4, epochs=1)
+    model = tiny(backbone="tiny-clip-b16", decoder_heads=4, epochs=1, batch_size=2)
     assert model.normalization == "clip" and model.extractor.grid_size == 4
     images = load_images(dataset["train"][:2], SIZE, "clip")
     target, prior = model.extractor(images, with_prior=True)
@@ -434,7 +435,8 @@ def test_decoder_mlp_ratio_sets_the_parameter_count() -> None:
         width = model.extractor.width  # tiny-dino is wider than the decoder: linear in/out projections
         assert isinstance(model.decoder.in_proj, nn.Linear) and width != dim
         projections = (width * dim + dim) + (dim * width + width)
-        assert sum(p.numel() for p in model.decoder.parameters()) == tokens * dim + depth * per_block + projections
+        fusion = width * width + width  # ViTAD's Linear(C, C) before the decoder
+        assert sum(p.numel() for p in model.decoder.parameters()) == tokens * dim + depth * per_block + projections + fusion
 
 
 def test_unstated_values_are_read_from_the_code() -> None:
@@ -484,3 +486,74 @@ def test_recorded_configuration_holds_every_option_in_effect() -> None:
     assert build("agpnet", profile="demo", noise_gamma=2.0).plain_config()["noise_gamma"] == 2.0
     spade = build("spade", profile="demo").config()
     assert spade["top_k"] == 50 and "image_size" in spade and "common" not in spade
+
+
+# ------------------------------------------------------------------ ViTAD's training details [V]
+
+
+def test_vitad_behaviours_are_the_defaults_and_tagged_v() -> None:
+    rows = {r.name: r for r in agpnet.unstated_values()}
+    expected = {"fusion": True, "weight_decay_params": "matrices", "grad_clip_norm": 5.0, "drop_last": True, "image_interpolation": "bilinear"}
+    assert {name: (rows[name].value, rows[name].tag) for name in expected} == {name: (value, "V") for name, value in expected.items()}
+    assert tiny().interpolation == "bilinear" and tiny(image_interpolation="bicubic").interpolation == "bicubic"
+    with pytest.raises(ValueError, match="weight_decay_params"):
+        tiny(weight_decay_params="norms")
+
+
+def test_fusion_linear_sits_before_the_decoder() -> None:
+    model, plain = tiny(), tiny(fusion=False)
+    assert isinstance(model.decoder.fusion, nn.Linear) and isinstance(plain.decoder.fusion, nn.Identity)
+    features = torch.randn(2, 16, model.extractor.width)
+    with torch.no_grad():
+        x = model.decoder.in_proj(model.decoder.fusion(features)) + model.decoder.pos_embed
+        for block in model.decoder.blocks:
+            x = block(x)
+        assert torch.allclose(model.decoder(features), model.decoder.out_proj(x), atol=1e-6)
+
+
+def test_weight_decay_only_on_matrices_that_are_not_biases() -> None:
+    model = tiny()
+    decayed, free = model.parameter_groups()
+    names = {id(p): n for n, p in model.decoder.named_parameters()}
+    assert decayed["weight_decay"] == model.weight_decay and free["weight_decay"] == 0.0
+    assert {names[id(p)] for p in decayed["params"]} == {n for n, p in model.decoder.named_parameters() if p.ndim >= 2 and not n.endswith(".bias")}
+    assert any(n.endswith("norm1.weight") for n in (names[id(p)] for p in free["params"]))  # LayerNorm weights: 1-D, not decayed
+    (everything,) = tiny(weight_decay_params="all").parameter_groups()
+    assert len(everything["params"]) == len(list(model.decoder.parameters())) and everything["weight_decay"] == model.weight_decay
+
+
+def test_drop_last_drops_the_partial_batch_and_refuses_to_train_on_nothing() -> None:
+    generator = torch.Generator().manual_seed(0)
+    assert [len(b) for b in tiny().batches(10, generator)] == [4, 4]
+    assert [len(b) for b in tiny(drop_last=False).batches(10, generator)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="drop_last"):
+        tiny().batches(3, generator)
+
+
+@pytest.mark.parametrize(("clip", "expected"), [(5.0, [5.0]), (None, [])])
+def test_gradients_are_clipped_at_norm_5(dataset, monkeypatch, clip, expected) -> None:
+    seen = []
+    real = nn.utils.clip_grad_norm_
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", lambda params, max_norm, **kw: seen.append(max_norm) or real(params, max_norm, **kw))
+    tiny(epochs=1, grad_clip_norm=clip).fit(dataset["train"][:4], progress=False)
+    assert seen == expected
+
+
+def test_bilinear_resize_matches_pils_bilinear_resize(dataset) -> None:
+    """ViTAD's torchvision Resize(bilinear) on a PIL image: PIL's antialiased bilinear, stored as uint8."""
+    from sowa_lib.data.transforms import NORMALIZATION, image_to_tensor
+
+    image = (np.random.default_rng(0).random((100, 140, 3)) * 255).astype(np.uint8)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION["imagenet"])
+    pil = torch.from_numpy(np.array(Image.fromarray(image).resize((SIZE, SIZE), Image.BILINEAR))).permute(2, 0, 1) / 255.0
+    ours = image_to_tensor(image, SIZE, "imagenet", "bilinear")
+    assert (ours - (pil - mean) / std).abs().max() < 1.5 / 255 / 0.224  # PIL's uint8 rounding, in normalised units
+    assert (image_to_tensor(image, SIZE, "imagenet", "bicubic") - (pil - mean) / std).abs().max() > 0.05
+
+
+def test_learnable_parameters_count_the_decoder_with_its_fusion() -> None:
+    options = dict(backbone=TINY_DINO, image_size=SIZE, taps=(0, 1, 2, 3))
+    with_fusion, without = agpnet.learnable_parameters(**options), agpnet.learnable_parameters(fusion=False, **options)
+    width = tiny().extractor.width
+    assert with_fusion - without == width * width + width
+    assert with_fusion == sum(p.numel() for p in tiny().decoder.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import random
 
 import pytest
@@ -180,6 +181,8 @@ def test_defaults_are_the_reference_settings():
         "betas": (0.5, 0.999),
         "seed": 111,
         "precision": "fp16_autocast",
+        "dice_single_image_quirk": True,  # a batch of one: Dice over the mask's rows (official train.py)
+        "round_fp16": True,  # the OpenAI loader builds in fp16 before loading
     }
     assert SCHEDULE_BY_AUXILIARY == {"mvtec": (3, 0.2), "visa": (15, 0.0)}
 
@@ -247,3 +250,44 @@ def test_zero_and_few_shot_equal_a_hand_composed_reference():
     few = method.finalize_category(method.predict(images, "bottle"))
     assert torch.allclose(few.maps, expected["few_maps"], atol=1e-5)
     assert torch.allclose(few.scores, expected["few_scores"], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- batch-of-one Dice (§1.7)
+
+
+def official_binary_dice_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The reference ``BinaryDiceLoss`` written literally: N = targets.size()[0], both viewed as (N, -1),
+    smooth 1, ``1 - Σ dice / N``. ``train.py`` hands it ``mask.squeeze()``, i.e. [H, W] for one image."""
+    n = targets.size()[0]
+    input_flat, target_flat = inputs.reshape(n, -1), targets.reshape(n, -1)
+    dice = (2 * (input_flat * target_flat).sum(1) + 1) / (input_flat.sum(1) + target_flat.sum(1) + 1)
+    return 1 - dice.sum() / n
+
+
+def test_single_image_dice_averages_over_rows_as_the_official_squeeze():
+    from sowa_lib.losses import dice_loss
+
+    p = torch.tensor([[[0.5, 1.0], [0.0, 0.25]]])
+    g = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    # per image: (2·1.5 + 1) / (1.75 + 2 + 1) = 4/4.75; per row: (4/4.5 + 1/1.25) / 2
+    assert math.isclose(float(dice_loss(p, g)), 1 - 4 / 4.75, rel_tol=1e-6)
+    assert math.isclose(float(dice_loss(p, g, per_row=True)), 1 - (4 / 4.5 + 1 / 1.25) / 2, rel_tol=1e-6)
+    probabilities = torch.rand(1, 7, 9, generator=torch.Generator().manual_seed(0))
+    masks = (torch.rand(1, 7, 9, generator=torch.Generator().manual_seed(1)) > 0.6).float()
+    assert torch.allclose(dice_loss(probabilities, masks, per_row=True), official_binary_dice_loss(probabilities, masks.squeeze()))
+    assert torch.allclose(dice_loss(probabilities, masks), official_binary_dice_loss(probabilities, masks))
+
+
+@pytest.mark.parametrize(("quirk", "batch", "per_row"), [(True, 1, True), (True, 2, False), (False, 1, False)])
+def test_training_loss_uses_the_row_dice_only_for_a_batch_of_one(monkeypatch, quirk: bool, batch: int, per_row: bool):
+    import sowa_lib.methods.april_gan as april_gan_module
+    from sowa_lib.losses import dice_loss
+    from sowa_lib.training import TrainingBatch
+
+    seen = []
+    monkeypatch.setattr(april_gan_module, "dice_loss", lambda p, g, rows=False: seen.append(rows) or dice_loss(p, g, rows))
+    method = tiny_april_gan(dice_single_image_quirk=quirk)
+    masks = torch.zeros(batch, SIZE, SIZE)
+    masks[:, 10:20, 10:30] = 1
+    method.training_loss(TrainingBatch(torch.randn(batch, 3, SIZE, SIZE), masks, torch.ones(batch, dtype=torch.long), ("bottle",) * batch))
+    assert seen == [per_row] * 4  # one Dice per tapped layer

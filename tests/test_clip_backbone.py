@@ -109,9 +109,32 @@ def test_local_state_dict_and_torchscript_archive_load(tmp_path):
     traced = torch.jit.trace_module(source.model, {"encode_image": torch.randn(1, 3, 112, 112)}, check_trace=False)
     traced.save(str(tmp_path / "tiny_jit.pt"))  # the OpenAI releases are TorchScript archives
     images = torch.randn(1, 3, 112, 112)
-    for path in ("tiny.pt", "tiny_jit.pt"):
-        loaded = load_clip("tiny-clip", str(tmp_path / path), quick_gelu=True, seed=4)
+    for path in ("tiny.pt", "tiny_jit.pt"):  # a TorchScript archive is rounded through fp16 by default (next test)
+        loaded = load_clip("tiny-clip", str(tmp_path / path), quick_gelu=True, seed=4, round_fp16=False)
         assert torch.equal(loaded.encode_image(images)[0], source.encode_image(images)[0])
+
+
+def openai_loader_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What OpenAI's ``clip.load(jit=False)`` holds on CPU after loading ``state``: ``build_model`` makes
+    the Conv/Linear weights and biases, attention in_proj and ``proj``/``text_projection`` fp16
+    (``convert_weights``) and copies the file into them, then ``.float()``. Listed by key name here."""
+    rounded = ("conv1.weight", "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias", "c_fc.weight", "c_fc.bias",
+               "c_proj.weight", "c_proj.bias", "visual.proj", "text_projection")
+    return {k: v.half().float() if k.endswith(rounded) else v for k, v in state.items()}
+
+
+def test_fp32_file_loads_as_the_official_openai_loader_rounds_it(tmp_path):
+    source = load_clip("tiny-clip", quick_gelu=True, seed=5)
+    state = source.model.state_dict()
+    torch.save(state, tmp_path / "fp32.pt")
+    expected = openai_loader_tensors(state)
+    assert any(not torch.equal(expected[k], state[k]) for k in state)  # the rounding is visible on fp32 values
+    for round_fp16, want in ((True, expected), (False, state)):
+        loaded = load_clip("tiny-clip", str(tmp_path / "fp32.pt"), quick_gelu=True, round_fp16=round_fp16).model.state_dict()
+        assert all(torch.equal(loaded[k], want[k]) for k in state), round_fp16
+    # default: only OpenAI-format files (the "openai" tag, TorchScript archives) are rounded
+    assert all(torch.equal(v, state[k]) for k, v in load_clip("tiny-clip", str(tmp_path / "fp32.pt"), quick_gelu=True).model.state_dict().items())
+    assert build("sowa", backbone="tiny-clip", pretrained=str(tmp_path / "fp32.pt"), image_size=112, layers=(0, 1, 2, 3), window=4).clip.model.state_dict()["text_projection"].equal(expected["text_projection"])
 
 
 def test_uncached_weights_say_where_to_put_the_file(tmp_path, monkeypatch):

@@ -45,7 +45,8 @@ def test_mixed_modes_are_restored_module_by_module():
 
 def test_agpnet_few_shot_references_still_train_the_decoder():
     """AGPNet few-shot trains a decoder inside set_references: the eval-mode wrapper must not stop it."""
-    method = methods.build("agpnet", profile="demo", setting="few_shot", few_shot_epochs=1, few_shot_folds=2)
+    method = methods.build("agpnet", profile="demo", setting="few_shot", few_shot_epochs=1, few_shot_folds=2,
+                          drop_last=False)  # two augmented images: fewer than one batch
     before = {k: v.clone() for k, v in method.decoder.state_dict().items()}
     images = torch.randn(1, 3, method.image_size, method.image_size, generator=torch.Generator().manual_seed(2))
     method.set_references(images, "brick")

@@ -63,3 +63,16 @@ def test_cosine_and_class_scores_golden():
     b = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
     assert torch.allclose(cosine_similarity(a, b), torch.tensor([[0.0, 0.7071], [1.0, 0.7071]]), atol=1e-4)
     assert torch.allclose(class_scores(a, b, 1.0), torch.tensor([[0.3302, 0.6698], [0.5727, 0.4273]]), atol=1e-4)
+
+
+def test_winclip_ensemble_switches():
+    from sowa_lib.prompts import winclip_ensemble
+
+    assert winclip_ensemble() == WINCLIP
+    fixed = winclip_ensemble("deduplicated", "with_broken", "normalize_mean_normalize")
+    normal, abnormal = fixed.sentences("object", False), fixed.sentences("object", True)
+    assert (len(normal), len(abnormal)) == (147, 105) and len(set(fixed.templates)) == 21
+    assert "a jpeg corrupted photo of a {}." in fixed.templates and abnormal[21] == "a cropped photo of the broken object."
+    assert fixed.averaging == "normalize_mean_normalize"
+    with pytest.raises(ValueError, match="abnormal_states"):
+        winclip_ensemble(abnormal_states="many")

@@ -556,3 +556,66 @@ def test_linear_adapter_replaces_window_attention_with_one_linear_per_layer() ->
     assert [p.shape for p in out.layer_probabilities] == [p.shape for p in hfwa(images).layer_probabilities]
     with pytest.raises(ValueError, match="adapter"):
         _tiny_sowa(adapter="conv")
+
+
+# ---------------------------------------------------------------- schedule and kept checkpoint (§2.3)
+
+
+def test_train_loss_monitor_by_hand() -> None:
+    """Best epoch, plateau reduction after 6 bad epochs (patience 5) and early stop after 10."""
+    from sowa_lib.training import TrainLossMonitor
+
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    monitor = TrainLossMonitor(optimizer, plateau=True)
+    stops, lrs = [], []
+    for epoch, loss in enumerate([1.0, 0.5] + [0.7] * 10):
+        stops.append(monitor.update(epoch, loss, lambda: {"epoch": torch.tensor(epoch)}))
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert monitor.best_epoch == 1 and int(monitor.best_state["epoch"]) == 1
+    assert lrs[:7] == [1e-3] * 7 and math.isclose(lrs[7], 1e-4)  # epochs 2-7 are the six bad ones
+    assert stops == [False] * 11 + [True]  # the tenth epoch without improvement
+
+
+def _scripted_fit(monkeypatch, losses: list[float], checkpoint_dir: Path | None = None, **options) -> tuple[SOWA, list[float], dict]:
+    """SOWA.fit with the training loop replaced by one that sets the text Linear's bias to the epoch
+    number and reports ``losses[epoch]`` (one step per epoch): what fit keeps, hand-checkable."""
+    import sowa_lib.methods.sowa as sowa_module
+
+    method = build("sowa", profile="demo", epochs=len(losses), **options)
+    seen_lr: list[float] = []
+
+    def scripted(samples, loss_fn, optimizer, schedule, *, start_epoch=0, on_epoch_end=None, **_):
+        steps = []
+        for epoch in range(start_epoch, schedule.epochs):
+            seen_lr.append(optimizer.param_groups[0]["lr"])
+            with torch.no_grad():
+                method.text_linear.bias.fill_(epoch)
+            steps.append(losses[epoch])
+            if on_epoch_end(epoch, steps):
+                break
+        return steps
+
+    monkeypatch.setattr(sowa_module, "train_segmentation", scripted)
+    samples = [data.Sample(Path(f"{i}.png"), None, 0, "c", "good", "test", "x", Path("/x")) for i in range(8)]  # batch 8: one step
+    log = method.fit(samples, checkpoint_dir=checkpoint_dir, progress=False)
+    return method, seen_lr, log
+
+
+def test_keep_checkpoint_and_lr_schedule_switches(monkeypatch, tmp_path: Path) -> None:
+    losses = [1.0, 0.5] + [0.7] * 13
+    best, lrs, log = _scripted_fit(monkeypatch, losses, tmp_path / "best")
+    assert torch.all(best.text_linear.bias == 1) and log["kept_epoch"] == 1
+    assert len(lrs) == 12 and math.isclose(lrs[-1], 1e-4)  # early stop after epoch 11; lr cut after epoch 7
+    last, lrs, log = _scripted_fit(monkeypatch, losses, keep_checkpoint="last")
+    assert torch.all(last.text_linear.bias == 14) and len(lrs) == 15 and log["kept_epoch"] == 14
+    _, lrs, _ = _scripted_fit(monkeypatch, losses, keep_checkpoint="last", lr_schedule="none")
+    assert lrs == [1e-3] * 15
+    # resumed after it stopped: no more training, the best epoch's weights read back from its file
+    resumed, lrs, _ = _scripted_fit(monkeypatch, losses, tmp_path / "best")
+    assert lrs == [] and torch.all(resumed.text_linear.bias == 1)
+
+
+def test_one_epoch_keeps_the_last_weights_whatever_the_switches(monkeypatch) -> None:
+    for options in ({}, {"keep_checkpoint": "last", "lr_schedule": "none"}):
+        method, lrs, _ = _scripted_fit(monkeypatch, [0.3], **options)
+        assert torch.all(method.text_linear.bias == 0) and lrs == [1e-3]

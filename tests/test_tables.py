@@ -305,3 +305,13 @@ def test_seed_std_is_reported_with_both_ddofs(zero_shot_mvtec) -> None:
     assert len(bottle) == 1 and bottle["n_seeds"].item() == 2
     assert bottle["reproduced_std"].item() == pytest.approx(0.2 / math.sqrt(2), abs=1e-9)
     assert bottle["reproduced_std_ddof0"].item() == pytest.approx(0.1, abs=1e-9)
+
+
+def test_a_measured_value_beside_its_claim():
+    from sowa_lib.tables import beside_claim
+
+    row = beside_claim("agpnet", "Table 9", "agpnet", "params", 7.344).iloc[0]
+    claimed = load_claims("agpnet").query("table == 'Table 9' and method == 'agpnet' and metric == 'params'")["value"].item()
+    assert (row["claimed"], row["measured"]) == (claimed, 7.344) and math.isclose(row["delta"], 7.344 - claimed)
+    with pytest.raises(KeyError, match="no agpnet claim"):
+        beside_claim("agpnet", "Table 9", "agpnet", "no_such_metric", 1.0)

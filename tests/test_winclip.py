@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from sowa_lib.backbones.clip import load_clip
 from sowa_lib.data import demo, load
@@ -121,6 +123,15 @@ def test_defaults_are_anomalibs():
         "scales": (2, 3),
         "temperature": 0.07,
         "use_class_name": True,
+        "templates": "anomalib",
+        "abnormal_states": "anomalib",
+        "text_averaging": "mean",
+        "patch_layer": "last",
+        "zero_shot_mean": "harmonic",
+        "few_shot_mean": "arithmetic",
+        "fusion": "arithmetic",
+        "upsample_align_corners": False,
+        "smoothing_sigma": 0.0,
     }
 
 
@@ -231,3 +242,89 @@ def test_zero_and_few_shot_equal_a_hand_composed_reference():
     few = method.finalize_category(method.predict(images, "bottle"))
     assert torch.allclose(few.scores, expected["few_scores"], atol=1e-6)
     assert torch.allclose(few.maps, expected["few_maps"], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- fidelity switches
+# Each anomalib choice against its alternative, composed by hand from the pieces above.
+
+
+def text_by_hand(clip, category: str, abnormal_states: tuple[str, ...], templates: tuple[str, ...], normalise: bool) -> torch.Tensor:
+    """[2, D]: sentences written out (states outer, templates inner), raw mean or normalise-mean-normalise."""
+    groups = [[t.format(s.format(category)) for s in states for t in templates] for states in (WINCLIP.normal_states, abnormal_states)]
+    rows = []
+    for group in groups:
+        features = clip.model.encode_text(clip.tokenize(group))
+        rows.append(F.normalize(F.normalize(features, dim=-1).mean(0), dim=0) if normalise else features.mean(0))
+    return torch.stack(rows)
+
+
+def test_prompt_switches_give_the_papers_states_deduplicated_templates_and_normalised_average():
+    clip = load_clip("tiny-clip-b16", image_size=64, quick_gelu=False, seed=0)
+    method = build("winclip", backbone=clip, image_size=64, templates="deduplicated", abnormal_states="with_broken",
+                   text_averaging="normalize_mean_normalize")
+    templates = list(WINCLIP.templates)
+    templates[8] = "a jpeg corrupted photo of a {}."  # the second of anomalib's two "of the" copies
+    states = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+    assert len(set(method.ensemble.templates)) == 21 and method.ensemble.abnormal_states == states
+    with torch.no_grad():
+        expected = text_by_hand(clip, "bottle", states, tuple(templates), normalise=True)
+        assert torch.allclose(method.text_features("bottle"), expected, atol=1e-6)
+        default = build("winclip", backbone=clip, image_size=64).text_features("bottle")
+        assert torch.allclose(default, text_by_hand(clip, "bottle", WINCLIP.abnormal_states, WINCLIP.templates, normalise=False), atol=1e-6)
+    with pytest.raises(ValueError, match="text_averaging"):
+        build("winclip", backbone=clip, image_size=64, text_averaging="median")
+
+
+@torch.no_grad()
+def test_mean_fusion_and_output_switches_equal_a_hand_composition():
+    """Arithmetic zero-shot mean, harmonic few-shot mean, harmonic fusion, align_corners and σ = 1."""
+    clip = load_clip("tiny-clip-b16", image_size=64, quick_gelu=False, seed=0)
+    method = build("winclip", backbone=clip, image_size=64, zero_shot_mean="arithmetic", few_shot_mean="harmonic", fusion="harmonic",
+                   upsample_align_corners=True, smoothing_sigma=1.0)
+    generator = torch.Generator().manual_seed(2)
+    images, references = torch.randn(2, 3, 64, 64, generator=generator), torch.randn(1, 3, 64, 64, generator=generator)
+    grid = clip.grid_size
+    windows = {scale: windows_by_hand(grid, scale) for scale in (2, 3)}
+    text = text_by_hand(clip, "bottle", WINCLIP.abnormal_states, WINCLIP.templates, normalise=False)
+    image_embedding, patches, window_embeddings = encode_by_hand(clip.model.visual, images, windows)
+    s0 = abnormal_probability(image_embedding, text)
+    scale_maps = [harmonic_by_hand(abnormal_probability(window_embeddings[k], text), windows[k], grid * grid) for k in (2, 3)]
+    zero_shot = (s0[:, None] + scale_maps[0] + scale_maps[1]) / 3
+    _, reference_patches, reference_windows = encode_by_hand(clip.model.visual, references, windows)
+    few = [association_by_hand(patches, reference_patches.flatten(0, 1))]
+    few += [harmonic_by_hand(association_by_hand(window_embeddings[k], reference_windows[k].flatten(0, 1)), windows[k], grid * grid) for k in (2, 3)]
+    few_shot = 3 / (1 / few[0] + 1 / few[1] + 1 / few[2])
+    fused = 2 / (1 / zero_shot + 1 / few_shot)
+    scores = 2 / (1 / s0 + 1 / few_shot.amax(dim=1))
+    upsampled = F.interpolate(fused.reshape(-1, 1, grid, grid), size=(64, 64), mode="bilinear", align_corners=True)[:, 0]
+    smoothed = torch.from_numpy(np.stack([gaussian_filter(m.double().numpy(), sigma=1.0, mode="reflect") for m in upsampled])).float()
+    method.set_references(references, "bottle")
+    pred = method.predict(images, "bottle")
+    assert torch.allclose(pred.scores, scores, atol=1e-6)
+    assert torch.allclose(pred.maps, smoothed, atol=1e-5)
+
+
+@torch.no_grad()
+def test_patch_layer_penultimate_takes_the_block_before_the_last_through_ln_post():
+    clip = load_clip("tiny-clip-b16", image_size=64, quick_gelu=False, seed=0)
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    visual = clip.model.visual
+    tokens = visual.ln_pre(clip.embed_patches(images))
+    for block in visual.transformer.resblocks[:-1]:
+        tokens = block(tokens)
+    _, _, patches = build("winclip", backbone=clip, image_size=64, patch_layer="penultimate").encode(images)
+    assert torch.allclose(patches, visual.ln_post(tokens[:, 1:]), atol=1e-6)
+    _, _, last = build("winclip", backbone=clip, image_size=64).encode(images)
+    assert not torch.allclose(patches, last, atol=1e-3)
+
+
+def test_every_winclip_switch_is_an_ablation_and_builds():
+    from sowa_lib.ablations import ablations
+
+    switches = {option for a in ablations("demo") if a.method == "winclip" for option in a.overrides}
+    defaults = inspect.signature(WinCLIP.__init__).parameters
+    assert switches == set(defaults) - {"self", "backbone", "pretrained", "image_size", "scales"}
+    clip = load_clip("tiny-clip-b16", image_size=64, quick_gelu=False, seed=0)
+    for ablation in (a for a in ablations("paper") if a.method == "winclip"):
+        method = build("winclip", backbone=clip, image_size=64, **ablation.overrides)
+        assert all(getattr(method, k, v) == v for k, v in ablation.overrides.items() if k not in ("templates", "abnormal_states", "text_averaging"))

@@ -140,13 +140,39 @@ def resolve_weights(name: str, pretrained: str, cache_dir: str | None = None) ->
 def load_weights(model: open_clip.CLIP, path: str) -> None:
     """Load a checkpoint strictly: an OpenAI TorchScript archive (the ``openai`` tag's file) or any
     state dict open_clip reads (``.pt``/``.pth``/``.bin``/``.safetensors``)."""
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+    if is_torchscript_archive(path):
         state = torch.jit.load(path, map_location="cpu").state_dict()
         for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # not weights
             state.pop(key, None)
         model.load_state_dict(state, strict=True)
     else:
         load_checkpoint(model, path, strict=True)
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """True for an OpenAI TorchScript release (a zip holding ``constants.pkl``)."""
+    return zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist())
+
+
+@torch.no_grad()
+def round_like_openai(model: nn.Module) -> None:
+    """Round, in place and through fp16, the tensors that OpenAI's ``clip.model.convert_weights`` makes
+    fp16 before the official loaders copy a checkpoint into them: Conv/Linear weights and biases,
+    ``nn.MultiheadAttention`` input projections and biases, and ``text_projection`` / ``proj``.
+    Embeddings, LayerNorms, ``logit_scale`` keep the file's values. So a model loaded from any file
+    equals what OpenAI's ``clip.load`` (SOWA) or open_clip's ``load_openai_model`` (April-GAN) give on
+    CPU (built in fp16, then ``.float()``)."""
+    attention = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k", "bias_v")
+    for module in model.modules():
+        tensors = []
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            tensors += [module.weight, module.bias]
+        if isinstance(module, nn.MultiheadAttention):
+            tensors += [getattr(module, name) for name in attention]
+        tensors += [getattr(module, name, None) for name in ("text_projection", "proj")]
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                tensor.copy_(tensor.half().to(tensor.dtype))
 
 
 def resize_position_embedding(position_embedding: torch.Tensor, grid_size: int) -> torch.Tensor:
@@ -319,6 +345,7 @@ def load_clip(
     device: str | torch.device = "cpu",
     seed: int = 0,
     cache_dir: str | None = None,
+    round_fp16: bool | None = None,
 ) -> ClipBackbone:
     """Build a frozen :class:`ClipBackbone`.
 
@@ -330,6 +357,11 @@ def load_clip(
         bicubically (spec §1.1). ``None`` keeps the native size.
     quick_gelu: the MLP activation, always explicit. OpenAI weights were trained with QuickGELU, but
         April-GAN's 518-px path runs them with exact GELU (spec §1.1), so both must be selectable.
+    round_fp16: round loaded weights through fp16 as the OpenAI loaders do (:func:`round_like_openai`).
+        ``None`` (default): for OpenAI-format checkpoints only, i.e. the ``"openai"`` tag or a
+        TorchScript archive (whose released weights are fp16 already, so it changes nothing there);
+        SOWA and April-GAN pass True, as their loaders round any file they are given. Random
+        initialisation (``pretrained=None``) is never rounded.
     """
     config = model_config(name)
     config.pop("quick_gelu", None)  # the argument decides, not the config name
@@ -339,6 +371,8 @@ def load_clip(
         model = open_clip.CLIP(**config, quick_gelu=quick_gelu)
     if weights is not None:
         load_weights(model, weights)
+        if round_fp16 or (round_fp16 is None and (pretrained == "openai" or is_torchscript_archive(weights))):
+            round_like_openai(model)
     backbone = ClipBackbone(model, name, pretrained)
     if image_size is not None:
         backbone.set_image_size(image_size)

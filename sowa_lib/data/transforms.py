@@ -1,7 +1,8 @@
 """From samples to the normalised tensors every method's ``predict`` takes.
 
 All methods resize the full image to a square (no aspect ratio kept, no crop) as April-GAN, SOWA and
-anomalib's WinCLIP do (spec april_gan_winclip_peers §1.1, sowa §1.1); masks are resized bilinearly
+anomalib's WinCLIP do (spec april_gan_winclip_peers §1.1, sowa §1.1), bicubic unless the method
+declares another ``interpolation`` (AGPNet: ViTAD's bilinear, datasets_metrics §1.5); masks are resized bilinearly
 (antialiased, as PIL) and thresholded at 0.5 (sowa §3.1, datasets_metrics §3.3).
 """
 from __future__ import annotations
@@ -20,11 +21,13 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 }
 
 
-def image_to_tensor(image: np.ndarray, size: int, normalization: str = "clip") -> torch.Tensor:
-    """RGB uint8 ``[H, W, 3]`` -> normalised float ``[3, size, size]`` (bicubic, antialiased)."""
+def image_to_tensor(image: np.ndarray, size: int, normalization: str = "clip", interpolation: str = "bicubic") -> torch.Tensor:
+    """RGB uint8 ``[H, W, 3]`` -> normalised float ``[3, size, size]`` (``"bicubic"`` or ``"bilinear"``, antialiased)."""
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation={interpolation!r}; choose 'bicubic' or 'bilinear'")
     mean, std = NORMALIZATION[normalization]
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
-    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
     x = x.clamp(0.0, 1.0)[0]
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
@@ -49,11 +52,11 @@ def _as_uint8_levels(x: torch.Tensor) -> torch.Tensor:
     return torch.floor(x * 255.0 + 0.5) / 255.0
 
 
-def load_images(samples: Sequence[Sample], size: int, normalization: str = "clip") -> torch.Tensor:
-    """``[N, 3, size, size]`` normalised images of ``samples``."""
+def load_images(samples: Sequence[Sample], size: int, normalization: str = "clip", interpolation: str = "bicubic") -> torch.Tensor:
+    """``[N, 3, size, size]`` normalised images of ``samples`` (a method's ``interpolation``)."""
     if not samples:
         return torch.empty(0, 3, size, size)
-    return torch.stack([image_to_tensor(s.read_image(), size, normalization) for s in samples])
+    return torch.stack([image_to_tensor(s.read_image(), size, normalization, interpolation) for s in samples])
 
 
 def load_masks(samples: Sequence[Sample], size: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ datasets_metrics_agpnet §1.5), *not* stated by AGPNet, **[?]** our choice where
 
 Reconstruction branch (kept at inference), spec §1:
     F = Σ_l LN(f_l)                       frozen extractor taps, LayerNorm-ed one by one, summed (eq. 1) [P]
-    F̂ = Decoder(F)                        4 plain ViT blocks [P] with a learnable position embedding [V]
+    F̂ = Decoder(Fusion(F))                Linear fusion [V], 4 plain ViT blocks [P], learnable position embedding [V]
     map = blur_σ(up(d(F, F̂)))             d = 1 − cos per token [V] (L2 option), bilinear up [P], σ = 4 [V]
     score = max(avg_pool_16(map))          max of the average-pooled map [P], 16×16 window, stride 1 [V]
 Perturbation branch (training only), spec §2:
@@ -18,12 +18,18 @@ Perturbation branch (training only), spec §2:
     L = L_f + L_if = d(Dec(F̃), F) + d(Dec(F̃(x̃)), F)    eqs. 6–7 [P]; d = flat 1 − cos per sample [V]
 
 Every [V] and [?] value is listed, with its current value, by :func:`unstated_values` (notebook 03).
+ViTAD's training details are options with ViTAD's behaviour as default (issue #18; the paper is
+silent on all five): ``fusion`` (a learnable ``Linear(C, C)`` before the decoder, ADer
+``model/vitad.py``), ``weight_decay_params`` (AdamW decay only on ≥ 2-D non-bias tensors, ADer
+``optim/__init__.py``), ``grad_clip_norm`` (5.0, ``cfg_common.py``), ``drop_last`` (the training
+loader drops the last partial batch) and ``image_interpolation`` (bilinear image resize,
+``vitad_mvtec.py``; the runner reads :attr:`AGPNet.interpolation`).
 
-Efficiency (Table 9: 4.42 M learnable parameters, 5.63 GFLOPs): the spec's decoder, 4 ViT-S blocks
-(dim 384) at the timm/ViTAD MLP ratio 4 [V], has 4 × 1.77 M + 0.1 M (position embedding) = 7.2 M
-parameters and 3.6 GFLOPs at 256 px; the paper's count fits no documented configuration (MLP ratio
-≈ 5/3 would give 4.44 M, 3 blocks 5.4 M). ``decoder_mlp_ratio`` is an option so the count can be
-matched; the default stays the spec's 4.
+Efficiency (Table 9's learnable parameters and GFLOPs, in ``claims/agpnet.csv``): the spec's decoder,
+4 ViT-S blocks (dim 384) at the timm/ViTAD MLP ratio 4 [V], has 4 × 1.77 M + 0.1 M (position
+embedding) = 7.2 M parameters, 7.3 M with ViTAD's fusion Linear, and 3.6 GFLOPs at 256 px; the
+paper's count fits no documented configuration. ``decoder_mlp_ratio`` is an option so the count can
+be matched; the default stays the spec's 4. :func:`learnable_parameters` counts a configuration.
 """
 from __future__ import annotations
 
@@ -53,6 +59,8 @@ SETTINGS = ("multi_class", "one_class", "few_shot")
 NOISE_TYPES = ("attention", "random", "none")
 RANDOM_IMAGE_REGIONS = ("area", "whole")
 MASK_SOURCES = ("both", "prior", "teacher")
+WEIGHT_DECAY_PARAMS = ("matrices", "all")
+INTERPOLATIONS = ("bilinear", "bicubic")
 CHECKPOINT_NAME = "last.pt"
 #: ViTAD's learning-rate rule [V]: ``BASE_LR × batch_size / LR_REFERENCE_BATCH``.
 BASE_LR, LR_REFERENCE_BATCH = 1e-4, 8
@@ -297,12 +305,17 @@ def build_extractor(
 
 
 class ReconstructionDecoder(nn.Module):
-    """Plain ViT decoder: learnable position embedding (no CLS) [V], ``depth`` pre-norm timm blocks
-    (4 [P]; MLP ratio 4, qkv bias [V]), no final norm [V]. When the feature width differs from the
-    decoder width (CNN backbones) linear in/out projections map between them, as UniAD does [?]."""
+    """Plain ViT decoder: ViTAD's fusion ``Linear(C, C)`` on the fused features (``fusion``) [V],
+    learnable position embedding (no CLS) [V], ``depth`` pre-norm timm blocks (4 [P]; MLP ratio 4,
+    qkv bias [V]), no final norm [V]. When the feature width differs from the decoder width (CNN
+    backbones) linear in/out projections map between them, as UniAD does [?]. Every Linear, the
+    fusion included, gets timm's ViT initialisation [?: ViTAD builds its fusion apart]."""
 
-    def __init__(self, feature_dim: int, tokens: int, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self, feature_dim: int, tokens: int, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, fusion: bool = True
+    ) -> None:
         super().__init__()
+        self.fusion = nn.Linear(feature_dim, feature_dim) if fusion else nn.Identity()
         self.in_proj = nn.Identity() if feature_dim == dim else nn.Linear(feature_dim, dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth))
@@ -314,7 +327,7 @@ class ReconstructionDecoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.in_proj(features) + self.pos_embed
+        x = self.in_proj(self.fusion(features)) + self.pos_embed
         for block in self.blocks:
             x = block(x)
         return self.out_proj(x)
@@ -323,7 +336,7 @@ class ReconstructionDecoder(nn.Module):
     def attention_received(self, features: torch.Tensor) -> torch.Tensor:
         """Learnable mask source ``[N, T]``: the attention each token receives as a key, averaged over
         queries, heads and blocks (the decoder has no CLS token to read a row from) [?]."""
-        x = self.in_proj(features) + self.pos_embed
+        x = self.in_proj(self.fusion(features)) + self.pos_embed
         received = []
         for block in self.blocks:
             received.append(explicit_attention(block, x).mean(dim=(1, 2)))
@@ -396,6 +409,11 @@ class AGPNet(AnomalyMethod):
         score_pool: int = 16,
         few_shot_folds: int = 32,
         few_shot_epochs: int | None = None,
+        fusion: bool = True,
+        weight_decay_params: str = "matrices",
+        grad_clip_norm: float | None = 5.0,
+        drop_last: bool = True,
+        image_interpolation: str = "bilinear",
         seed: int = 0,
     ) -> None:
         """Defaults reproduce the paper (tags as in the module docstring).
@@ -419,13 +437,19 @@ class AGPNet(AnomalyMethod):
         mask_source "both" [P best]; mean_teacher True, ema_momentum 0.9999, ema_every 10 steps [P].
         distance "cosine" [V] or "l2"; gaussian_sigma 4 [V]; score_pool 16 (stride 1) [V].
         few_shot_folds 32 [P]; few_shot_epochs: default ``epochs`` (the paper gives none for few-shot) [?].
+        ViTAD's training details, the paper silent on each [V] (module docstring): fusion True (a
+            learnable Linear(C, C) before the decoder; False: none), weight_decay_params "matrices"
+            (decay only ≥ 2-D non-bias tensors; "all": every tensor), grad_clip_norm 5.0 (None: no
+            clipping), drop_last True (the last partial batch of an epoch is dropped), image_interpolation
+            "bilinear" (antialiased as PIL; "bicubic": the other methods' resize).
         seed: decoder init, shuffling and noise.
         """
         super().__init__()
         for option, value, allowed in (("setting", setting, SETTINGS), ("feature_noise", feature_noise, NOISE_TYPES),
                                        ("image_noise", image_noise, NOISE_TYPES), ("mask_source", mask_source, MASK_SOURCES),
                                        ("random_image_region", random_image_region, RANDOM_IMAGE_REGIONS),
-                                       ("distance", distance, ("cosine", "l2"))):
+                                       ("distance", distance, ("cosine", "l2")), ("weight_decay_params", weight_decay_params, WEIGHT_DECAY_PARAMS),
+                                       ("image_interpolation", image_interpolation, INTERPOLATIONS)):
             check_choice(option, value, allowed)
         self.setting, self.image_size, self.seed = setting, image_size, seed
         self.extractor, self.normalization = build_extractor(backbone, pretrained, image_size, taps, attention_blocks)
@@ -433,7 +457,10 @@ class AGPNet(AnomalyMethod):
             feature_dim=self.extractor.width, tokens=self.extractor.grid_size ** 2,
             dim=decoder_dim or (self.extractor.width if self.extractor.num_heads else CNN_DECODER_DIM),
             depth=decoder_depth, heads=decoder_heads or self.extractor.num_heads or CNN_DECODER_HEADS, mlp_ratio=decoder_mlp_ratio,
+            fusion=fusion,
         )
+        self.weight_decay_params, self.grad_clip_norm, self.drop_last = weight_decay_params, grad_clip_norm, drop_last
+        self.interpolation = image_interpolation
         self.epochs, self.batch_size, self.weight_decay, self.lr_decay_fraction = epochs, batch_size, weight_decay, lr_decay_fraction
         self.lr = lr if lr is not None else BASE_LR * batch_size / LR_REFERENCE_BATCH
         self.feature_noise, self.image_noise, self.mask_source = feature_noise, image_noise, mask_source
@@ -552,7 +579,7 @@ class AGPNet(AnomalyMethod):
         normal = [s for s in samples if s.label == 0]
         if not normal:
             raise ValueError("AGPNet trains on normal images; none given")
-        images = load_images(normal, self.image_size, self.normalization)
+        images = load_images(normal, self.image_size, self.normalization, self.interpolation)
         return self.train_on_images(images, self.epochs, checkpoint_dir=checkpoint_dir, progress=progress)
 
     def set_references(self, images: torch.Tensor, category: str, *, checkpoint_dir: Path | None = None) -> None:
@@ -580,7 +607,7 @@ class AGPNet(AnomalyMethod):
         a checkpoint written by another configuration, or for another fingerprint than its folder's
         (:func:`~sowa_lib.training.claim_snapshot_dir`), is refused."""
         device = self.device
-        optimizer = torch.optim.AdamW(self.decoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr)
         generator = torch.Generator(device=device).manual_seed(self.seed)
         state = {"epoch": 0, "step": 0, "loss": []}
         path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -592,10 +619,12 @@ class AGPNet(AnomalyMethod):
             for group in optimizer.param_groups:
                 group["lr"] = self.lr * learning_rate_factor(epoch, epochs, self.lr_decay_fraction)
             losses = []
-            for index in torch.randperm(len(images), generator=generator, device=device).split(self.batch_size):
+            for index in self.batches(len(images), generator):
                 loss = self.training_loss(images[index.cpu()].to(device), epoch, epochs, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.grad_clip_norm is not None:
+                    nn.utils.clip_grad_norm_(self.decoder.parameters(), self.grad_clip_norm)
                 optimizer.step()
                 state["step"] += 1
                 if self.mean_teacher and state["step"] % self.ema_every == 0:
@@ -606,6 +635,25 @@ class AGPNet(AnomalyMethod):
                 self._save(path, optimizer, generator, state, len(images), epochs)
         self.decoder.eval()
         return {"loss": state["loss"], "epochs": epochs, "steps": state["step"], "images": len(images)}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: ``weight_decay`` on ≥ 2-D non-bias tensors only (ViTAD, ``"matrices"``) or on all."""
+        named = list(self.decoder.named_parameters())
+        if self.weight_decay_params == "all":
+            return [{"params": [p for _, p in named], "weight_decay": self.weight_decay}]
+        decayed = [p.ndim >= 2 and not name.endswith(".bias") for name, p in named]
+        return [{"params": [p for (_, p), d in zip(named, decayed) if d], "weight_decay": self.weight_decay},
+                {"params": [p for (_, p), d in zip(named, decayed) if not d], "weight_decay": 0.0}]
+
+    def batches(self, n_images: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """One epoch's shuffled index batches; with ``drop_last`` the last partial batch is dropped (ViTAD)."""
+        batches = list(torch.randperm(n_images, generator=generator, device=generator.device).split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if not batches:
+            raise ValueError(f"drop_last=True with {n_images} training images < batch_size={self.batch_size} trains nothing; "
+                             "lower batch_size or pass drop_last=False")
+        return batches
 
     def _save(self, path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict, n_images: int, epochs: int) -> None:
         atomic_torch_save({
@@ -661,6 +709,11 @@ UNSTATED_OPTIONS: dict[str, tuple[str, str]] = {
     "gaussian_sigma": ("V", "σ of the Gaussian smoothing of the upsampled map"),
     "score_pool": ("V", "average-pooling window (stride 1) whose maximum is the image score"),
     "few_shot_epochs": ("?", "None = epochs; the paper gives no few-shot schedule"),
+    "fusion": ("V", "a learnable Linear(C, C) on the fused features before the decoder (ADer model/vitad.py)"),
+    "weight_decay_params": ("V", "AdamW weight decay on >= 2-D non-bias tensors only (ADer optim/__init__.py)"),
+    "grad_clip_norm": ("V", "gradient clipping at this total norm (ADer cfg_common.py)"),
+    "drop_last": ("V", "the training loader drops the last partial batch"),
+    "image_interpolation": ("V", "image resize to image_size (antialiased, as PIL; ADer vitad_mvtec.py)"),
 }
 
 
@@ -693,3 +746,11 @@ def unstated_values() -> list[UnstatedValue]:
                       "backbone ablation (Table 6): a CNN has no self-attention"),
     ]
     return options + constants + behaviours
+
+
+def learnable_parameters(**overrides: Any) -> int:
+    """Learnable parameters of AGPNet built with ``overrides`` (none: the default, paper configuration),
+    the quantity of Table 9's "Learnable Parameters": the decoder, fusion included (the EMA teacher is
+    a copy, not learned). The extractor is built with random weights: the count does not depend on them."""
+    method = AGPNet(**{"pretrained": None, **overrides})
+    return sum(p.numel() for p in method.decoder.parameters() if p.requires_grad)

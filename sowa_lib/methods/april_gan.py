@@ -17,6 +17,13 @@ Fidelity switches (reference behaviour is the default):
   without; the runner reads it when it draws references.
 - ``precision``: ``"fp16_autocast"`` (default) runs every forward under CUDA fp16 autocast as the
   reference does (§1.1 "Precision"; a no-op on CPU, there as here); ``"fp32"`` never does.
+- ``dice_single_image_quirk``: True (the official ``train.py``): a training batch holding one image
+  (the last one when the dataset size is ≡ 1 mod 8) has its mask squeezed to ``[H, W]``, so its Dice
+  averages over the H rows instead of over images (:func:`~sowa_lib.losses.dice_loss` ``per_row``);
+  False: per image, as every other batch.
+- ``round_fp16``: True (the reference loads OpenAI weights through open_clip's OpenAI loader, which
+  builds the model in fp16 before loading, so a local fp32 file is rounded as OpenAI's ``clip.load``
+  rounds it; :func:`~sowa_lib.backbones.clip.load_clip`) or False (the file's values as they are).
 
 Known departures, kept on purpose (no switch):
 
@@ -68,6 +75,7 @@ class AprilGAN(AnomalyMethod):
     name = "april_gan"
     normalization = "clip"
     training_data = "auxiliary"
+    cached = ("_text_features", "memory")
     profiles = {
         "demo": {
             **DEMO_LAYERED_CLIP,
@@ -92,6 +100,8 @@ class AprilGAN(AnomalyMethod):
         betas: tuple[float, float] = (0.5, 0.999),
         seed: int = 111,
         precision: str = "fp16_autocast",
+        dice_single_image_quirk: bool = True,
+        round_fp16: bool = True,
     ) -> None:
         """``layers`` are 0-based block indices (the default is the paper's 6/12/18/24).
         ``epochs``/``mosaic_rate`` of ``None`` follow :data:`SCHEDULE_BY_AUXILIARY` for the dataset
@@ -102,7 +112,8 @@ class AprilGAN(AnomalyMethod):
         self.precision = precision
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("image_score", image_score, IMAGE_SCORE_MODES)
-        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=activation == "quick_gelu")
+        self.dice_single_image_quirk = dice_single_image_quirk
+        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=activation == "quick_gelu", round_fp16=round_fp16)
         self.image_size = self.clip.image_size
         self.layers = tuple(layers)
         self.image_score = image_score
@@ -125,8 +136,8 @@ class AprilGAN(AnomalyMethod):
         """``[2, D]`` prompt-ensemble features (normal, abnormal) of ``category``, cached (§1.4)."""
         if category not in self._text_features:
             with self.autocast():  # the reference encodes prompts under autocast too (§1.4)
-                self._text_features[category] = class_text_features(self.clip.encode_text, APRIL_GAN, category).float()
-        return self._text_features[category].to(self.device)
+                self._text_features[category] = class_text_features(self.clip.encode_text, APRIL_GAN, category).to(self.dtype)
+        return self._text_features[category]
 
     # ------------------------------------------------------------------ zero-shot maps
     def layer_probabilities(self, taps: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
@@ -142,13 +153,15 @@ class AprilGAN(AnomalyMethod):
         return maps
 
     def training_loss(self, batch: TrainingBatch) -> torch.Tensor:
-        """Σ over layers of focal(γ=2) + Dice on the abnormal channel (§1.7); backbone frozen."""
+        """Σ over layers of focal(γ=2) + Dice on the abnormal channel (§1.7); backbone frozen. A batch of
+        one image takes the per-row Dice unless ``dice_single_image_quirk=False``."""
         with self.autocast():
             with torch.no_grad():
                 _, taps = self.clip.encode_image(batch.images, self.layers)
             text = torch.stack([self.text_features(c) for c in batch.categories])
             probabilities = [p.float() for p in self.layer_probabilities(taps, text)]
-        return sum(focal_loss(p, batch.masks) + dice_loss(p[:, 1], batch.masks) for p in probabilities)
+        per_row = self.dice_single_image_quirk and len(batch.masks) == 1
+        return sum(focal_loss(p, batch.masks) + dice_loss(p[:, 1], batch.masks, per_row) for p in probabilities)
 
     # ------------------------------------------------------------------ training
     def schedule(self, samples: Sequence[Sample]) -> TrainingSchedule:
@@ -197,17 +210,17 @@ class AprilGAN(AnomalyMethod):
             return
         with self.autocast():
             _, taps = self.clip.encode_image(images.to(self.device), self.layers)
-        self.memory.set([t[:, 1:].float() for t in taps])
+        self.memory.set([t[:, 1:].to(self.dtype) for t in taps])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
         """One encoder pass per image: zero-shot maps, image probability and (K > 0) memory distances."""
-        text = self.text_features(category)
+        text, dtype = self.text_features(category), self.dtype
         with self.autocast():
             cls_embedding, taps = self.clip.encode_image(images, self.layers)
-            maps = sum(p[:, 1].float() for p in self.layer_probabilities(taps, text))
-        taps = [t.float() for t in taps]
-        scores = class_scores(cls_embedding.float(), text, TEMPERATURE)[:, 1]
+            maps = sum(p[:, 1].to(dtype) for p in self.layer_probabilities(taps, text))
+        taps = [t.to(dtype) for t in taps]
+        scores = class_scores(cls_embedding.to(dtype), text, TEMPERATURE)[:, 1]
         extras: dict[str, torch.Tensor] = {}
         if len(self.memory):
             maps = maps + memory_distance_map(self.memory, [t[:, 1:] for t in taps], self.image_size)

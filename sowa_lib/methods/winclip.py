@@ -10,7 +10,30 @@ maps; final map ``(zero-shot + few-shot)/2``, image score ``(s0 + max few-shot m
 Departures from anomalib, on purpose: references go through the same preprocessing as queries (its
 Lightning path leaves them un-normalised, §2.2 "Few-shot bug"); windows are run through the
 batch-first transformer correctly (with open_clip 3.x anomalib mixes windows, §4.2).
-The paper's temperature is unverified; ``temperature`` (default anomalib's 0.07) is the switch.
+
+Fidelity switches (issue #18). anomalib's behaviour is every default; the WinCLIP paper's equations
+are not in the study's copy of the paper (abstract only; spec §6 lists them as unverified), so where
+the paper is silent the default is anomalib's choice and the alternative is the usual one:
+
+- ``temperature``: 0.07 (anomalib; the paper's is unverified) or e.g. 0.01 (×100, caoyunkang/mala-lab).
+- ``use_class_name``: the category in every prompt, or anomalib's default ``"object"``.
+- ``templates``: ``"anomalib"`` (21, "a jpeg corrupted photo of the {}." twice, "of a" missing, §2.2)
+  or ``"deduplicated"`` (the second copy read as the missing "of a").
+- ``abnormal_states``: ``"anomalib"`` (4 states, no "broken", §2.2) or ``"with_broken"`` (the
+  paper's list, with "broken {}").
+- ``text_averaging``: ``"mean"`` (mean of *un-normalised* prompt embeddings, anomalib §2.2) or
+  ``"normalize_mean_normalize"`` (the usual CLIP ensemble, April-GAN's and mala-lab's rule).
+- ``patch_layer``: ``"last"`` (WinCLIP+'s patch memory from the last block through ``ln_post``, no
+  ``proj``, §2.2) or ``"penultimate"`` (the paper speaks of the penultimate layer: the block before
+  the last, through the same ``ln_post``).
+- ``zero_shot_mean`` / ``few_shot_mean``: how the [image, 2×2, 3×3] maps (zero-shot) and the
+  [patch, 2×2, 3×3] maps (few-shot) are combined: ``"harmonic"`` / ``"arithmetic"`` (anomalib, §2.2;
+  the paper is silent) or the other mean.
+- ``fusion``: ``"arithmetic"`` (map (zero-shot + few-shot)/2 and score (s0 + max few-shot map)/2,
+  anomalib; the paper is silent) or ``"harmonic"`` (2/(1/a + 1/b) for both: caoyunkang's pixel rule
+  1/(1/t + 1/v) up to the factor 2, §2.3).
+- ``upsample_align_corners`` (False, anomalib's ``F.interpolate`` default) and ``smoothing_sigma``
+  (0: no smoothing, anomalib; 4 as PromptAD/SOWA), §2.2 "Output".
 """
 from __future__ import annotations
 
@@ -20,9 +43,20 @@ import torch
 import torch.nn.functional as F
 
 from sowa_lib.backbones.clip import ClipBackbone, as_backbone
-from sowa_lib.methods.base import AnomalyMethod, Prediction
-from sowa_lib.ops import MemoryBank, resize_maps
-from sowa_lib.prompts import DEFAULT_CLASS_NAME, WINCLIP, class_scores, class_text_features
+from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
+from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps
+from sowa_lib.prompts import (
+    AVERAGING_RULES,
+    DEFAULT_CLASS_NAME,
+    WINCLIP_ABNORMAL_STATES,
+    WINCLIP_TEMPLATE_SETS,
+    class_scores,
+    class_text_features,
+    winclip_ensemble,
+)
+
+MEANS = ("harmonic", "arithmetic")
+PATCH_LAYERS = ("last", "penultimate")
 
 
 def make_masks(grid_size: tuple[int, int], kernel_size: int, stride: int = 1) -> torch.Tensor:
@@ -56,10 +90,17 @@ def harmonic_mean(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return len(maps) / (1.0 / torch.stack(list(maps))).sum(dim=0)
 
 
+def mean_of(maps: Sequence[torch.Tensor], kind: str) -> torch.Tensor:
+    """Element-wise ``"harmonic"`` or ``"arithmetic"`` mean of same-shaped maps."""
+    check_choice("mean", kind, MEANS)
+    return harmonic_mean(maps) if kind == "harmonic" else torch.stack(list(maps)).mean(dim=0)
+
+
 class WinCLIP(AnomalyMethod):
     name = "winclip"
     normalization = "clip"
     training_data = "none"
+    cached = ("_text_features", "memory")
     profiles = {"demo": {"backbone": "tiny-clip-b16", "pretrained": None, "image_size": 112}}
 
     def __init__(
@@ -70,15 +111,33 @@ class WinCLIP(AnomalyMethod):
         scales: Sequence[int] = (2, 3),
         temperature: float = 0.07,
         use_class_name: bool = True,
+        templates: str = "anomalib",
+        abnormal_states: str = "anomalib",
+        text_averaging: str = "mean",
+        patch_layer: str = "last",
+        zero_shot_mean: str = "harmonic",
+        few_shot_mean: str = "arithmetic",
+        fusion: str = "arithmetic",
+        upsample_align_corners: bool = False,
+        smoothing_sigma: float = 0.0,
     ) -> None:
-        """``use_class_name=False`` puts anomalib's default ``"object"`` in every prompt."""
+        """Defaults are anomalib 2.7.0's; each option is a fidelity switch of the module docstring.
+        ``use_class_name=False`` puts anomalib's default ``"object"`` in every prompt."""
         super().__init__()
+        for option, value, choices in (("templates", templates, WINCLIP_TEMPLATE_SETS), ("abnormal_states", abnormal_states, WINCLIP_ABNORMAL_STATES),
+                                       ("text_averaging", text_averaging, AVERAGING_RULES), ("patch_layer", patch_layer, PATCH_LAYERS),
+                                       ("zero_shot_mean", zero_shot_mean, MEANS), ("few_shot_mean", few_shot_mean, MEANS), ("fusion", fusion, MEANS)):
+            check_choice(option, value, tuple(choices))
         self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=False)
         self.image_size = self.clip.image_size
         self.grid = (self.clip.grid_size, self.clip.grid_size)
         self.scales = tuple(scales)
         self.temperature = temperature
         self.use_class_name = use_class_name
+        self.ensemble = winclip_ensemble(templates, abnormal_states, text_averaging)
+        self.patch_layer = patch_layer
+        self.zero_shot_mean, self.few_shot_mean, self.fusion = zero_shot_mean, few_shot_mean, fusion
+        self.upsample_align_corners, self.smoothing_sigma = upsample_align_corners, smoothing_sigma
         for scale in self.scales:
             self.register_buffer(f"masks_{scale}", make_masks(self.grid, scale), persistent=False)
         # memory layers: [patch, window scale 1, window scale 2, ...]; score ½·(1 − cos) (§2.2)
@@ -89,11 +148,12 @@ class WinCLIP(AnomalyMethod):
         return getattr(self, f"masks_{scale}")
 
     def text_features(self, category: str) -> torch.Tensor:
-        """``[2, D]`` mean raw embeddings of the normal and anomalous prompts (§2.2), cached."""
+        """``[2, D]`` averaged embeddings of the normal and anomalous prompts (§2.2), cached; the cache
+        follows ``.to()`` / ``.double()`` (:attr:`cached`)."""
         class_name = category if self.use_class_name else DEFAULT_CLASS_NAME
         if class_name not in self._text_features:
-            self._text_features[class_name] = class_text_features(self.clip.encode_text, WINCLIP, class_name)
-        return self._text_features[class_name].to(self.device)
+            self._text_features[class_name] = class_text_features(self.clip.encode_text, self.ensemble, class_name)
+        return self._text_features[class_name]
 
     # ------------------------------------------------------------------ encoding
     def window_embeddings(self, tokens: torch.Tensor, scale: int) -> torch.Tensor:
@@ -108,29 +168,31 @@ class WinCLIP(AnomalyMethod):
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Image embedding ``[B, D]``, window embeddings per scale and patch embeddings
-        ``[B, T, width]`` (last block through ``ln_post``, no ``proj``), §2.2 "Image encoding"."""
+        ``[B, T, width]`` (last block, or the penultimate one, through ``ln_post``, no ``proj``), §2.2
+        "Image encoding"."""
         tokens = self.clip.embed_patches(images)
-        image_embedding, (last,) = self.clip.encode_tokens(tokens, taps=[len(self.clip.blocks) - 1])
-        patch_embeddings = self.clip.visual.ln_post(last[:, 1:])
+        tap = len(self.clip.blocks) - (1 if self.patch_layer == "last" else 2)
+        image_embedding, (patch_tokens,) = self.clip.encode_tokens(tokens, taps=[tap])
+        patch_embeddings = self.clip.visual.ln_post(patch_tokens[:, 1:])
         windows = [self.window_embeddings(tokens, scale) for scale in self.scales]
         return image_embedding, windows, patch_embeddings
 
     # ------------------------------------------------------------------ scoring
     def zero_shot_map(self, image_scores: torch.Tensor, windows: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        """Harmonic mean of the image score broadcast and each scale's aggregated window scores."""
+        """Harmonic (``zero_shot_mean``) mean of the image score broadcast and each scale's aggregated window scores."""
         maps = [image_scores[:, None, None].expand(-1, *self.grid)]
         for scale, embeddings in zip(self.scales, windows):
             scores = class_scores(embeddings, text, self.temperature)[..., 1]
             maps.append(harmonic_aggregation(scores, self.grid, self.masks(scale)))
-        return harmonic_mean(maps)
+        return mean_of(maps, self.zero_shot_mean)
 
     def few_shot_map(self, windows: list[torch.Tensor], patches: torch.Tensor) -> torch.Tensor:
-        """Arithmetic mean of the patch map and each scale's aggregated window association maps."""
+        """Arithmetic (``few_shot_mean``) mean of the patch map and each scale's aggregated window association maps."""
         patch_distance, *window_distances = self.memory.distances([patches, *windows])
         maps = [patch_distance.reshape(-1, *self.grid)]
         for scale, distances in zip(self.scales, window_distances):
             maps.append(harmonic_aggregation(distances, self.grid, self.masks(scale)))
-        return torch.stack(maps).mean(dim=0)
+        return mean_of(maps, self.few_shot_mean)
 
     @torch.no_grad()
     def set_references(self, images: torch.Tensor, category: str) -> None:
@@ -149,7 +211,7 @@ class WinCLIP(AnomalyMethod):
         maps = self.zero_shot_map(scores, windows, text)
         if len(self.memory):
             few_shot = self.few_shot_map(windows, patches)
-            maps = (maps + few_shot) / 2
-            scores = (scores + few_shot.amax(dim=(-2, -1))) / 2
-        maps = resize_maps(maps, self.image_size, align_corners=False)
+            maps = mean_of([maps, few_shot], self.fusion)
+            scores = mean_of([scores, few_shot.amax(dim=(-2, -1))], self.fusion)
+        maps = gaussian_blur(resize_maps(maps, self.image_size, align_corners=self.upsample_align_corners), self.smoothing_sigma)
         return Prediction(scores=scores.float().cpu(), maps=maps.float().cpu())
