@@ -6,12 +6,13 @@ PROFILE  ?= demo
 DATA_ROOT ?=
 DATASETS ?= demo
 EXECUTOR ?= local
+DEVICE   ?= cpu
 NOTEBOOK ?=
 # torch is pinned to the release served from this workplace's local disk; a plain `torch` would
 # pull a multi-GB CUDA download.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install reproduce-all reproduce test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
+.PHONY: install reproduce-all reproduce smoke smoke-ci test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
 
 install: $(VENV)/.installed
 
@@ -30,6 +31,16 @@ reproduce-all: install
 reproduce: install
 	$(PY) notebooks/reproduce.py --profile $(PROFILE) --executor $(EXECUTOR) --only $(NOTEBOOK) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
+## The paper profile's code path on fabricated data with random weights: every notebook and table,
+## then each method's time and peak memory at paper resolution (README, "Smoke profile").
+smoke: install
+	$(MAKE) reproduce-all PROFILE=smoke
+	$(PY) -m sowa_lib.smoke --device $(DEVICE)
+
+## The reduced smoke (one layout per method family, one category) that CI runs.
+smoke-ci: install
+	$(PY) -m sowa_lib.smoke --device $(DEVICE)
+
 ## Library tests, then the notebooks re-executed by nbval on the demo profile.
 test: test-lib test-notebooks
 
@@ -43,10 +54,15 @@ test-notebooks: install
 data: install
 	$(PY) -m sowa_lib.data.prepare --datasets $(DATASETS) $(if $(DATA_ROOT),--root $(DATA_ROOT))
 
-## Speed and metric benchmarks (print measured ratios).
+## Speed and metric benchmarks (print measured ratios); DEVICE=cuda: the GPU benchmark instead
+## (benchmarks/gpu.py; on a machine without a GPU it says so and exits with status 3).
 benchmarks: install
+ifeq ($(DEVICE),cuda)
+	$(PY) benchmarks/gpu.py
+else
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/methods.py
+endif
 
 ## Re-execute the committed notebooks in place so that they show current demo outputs.
 notebooks-refresh: install

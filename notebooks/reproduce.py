@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent))
 from sowa_lib.ablations import ablations  # noqa: E402
 from sowa_lib.executors import EXECUTORS  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
-from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile, prepare  # noqa: E402
+from sowa_lib.profiles import PROFILES, ProfileNotReadyError, check_weights, get_profile, prepare, profile_note  # noqa: E402
 
 
 def numbered_notebooks(only: str | None = None) -> list[Path]:
@@ -35,7 +35,8 @@ def numbered_notebooks(only: str | None = None) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", default="demo", choices=["demo", "paper"])
+    parser.add_argument("--profile", default="demo", choices=list(PROFILES),
+                        help="smoke: the paper profile's code path on fabricated data with random weights (sowa_lib.profiles)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--device", default=None, help="default: cpu for demo, cuda for paper")
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: {err}", file=sys.stderr)
         return 2
 
+    print(f"reproduce: profile {profile.name} — {profile_note(profile.name)}", flush=True)
     if args.jobs:
         os.environ["JOBS"] = str(args.jobs)  # the notebooks' kernels inherit it; get_executor reads it
     out_dir = profile.run_dir / "notebooks"
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         papermill.execute_notebook(str(book), str(target), parameters={} if args.in_place else parameters,
                                    cwd=str(HERE), progress_bar=False, kernel_name="python3")
         print(f"   {book.stem}: {time.perf_counter() - start:.1f} s", flush=True)
-    print(f"reproduce: profile {profile.name}, {len(numbered_notebooks(args.only))} notebook(s) in {time.perf_counter() - total:.1f} s (measured)")
+    print(f"reproduce: profile {profile.name} ({profile_note(profile.name)}), {len(numbered_notebooks(args.only))} notebook(s) "
+          f"in {time.perf_counter() - total:.1f} s (measured)")
     return 0
 
 

@@ -10,6 +10,7 @@ import inspect
 from typing import Any
 
 from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.profiles import method_profile_options
 
 _REGISTRY: dict[str, str] = {
     "winclip": "sowa_lib.methods.winclip:WinCLIP",
@@ -36,12 +37,13 @@ def method_class(name: str) -> type[AnomalyMethod]:
 
 
 def build(name: str, profile: str | None = None, **overrides: Any) -> AnomalyMethod:
-    """Build method ``name`` with its ``profile`` defaults (``"demo"``/``"paper"``) and ``overrides``.
+    """Build method ``name`` with its ``profile`` defaults (``"demo"``/``"smoke"``/``"paper"``) and ``overrides``.
 
-    ``profile=None`` and ``"paper"`` both give the reference-implementation defaults.
+    ``profile=None`` and ``"paper"`` both give the reference-implementation defaults; ``"smoke"``
+    gives the paper's with the declared differences of :data:`sowa_lib.profiles.SMOKE_METHOD_OPTIONS`.
     """
     cls = method_class(name)
-    options = {**cls.profiles.get(profile or "paper", {}), **overrides}
+    options = {**method_profile_options(options_in_effect(cls, {}), cls.profiles, profile), **overrides}
     method = cls(**options)
     method._config = {"method": name, "profile": profile or "paper", **options_in_effect(cls, options)}
     return method
