@@ -34,7 +34,7 @@ reproduce: install
 ## The paper profile's code path on fabricated data with random weights: every notebook and table,
 ## then each method's time and peak memory at paper resolution (README, "Smoke profile").
 smoke: install
-	$(MAKE) reproduce-all PROFILE=smoke
+	$(MAKE) reproduce-all PROFILE=smoke DATA_ROOT=
 	$(PY) -m sowa_lib.smoke --device $(DEVICE)
 
 ## The reduced smoke (one layout per method family, one category) that CI runs.

@@ -70,7 +70,7 @@ SOWA_FROZEN_OR_DERIVED = re.compile(
 class OfficialCheckpoint:
     """A released checkpoint: the method it belongs to, the auxiliary dataset it was trained on (so
     it is evaluated on the other ones), its file name, where it is published, and its SHA-256 where
-    the authors published one (none did: it is computed and printed on first use instead)."""
+    the authors published one (none did: it is computed and printed when the file is used instead)."""
 
     method: str
     trained_on: str
@@ -154,8 +154,8 @@ def resolve(checkpoint: str | Path) -> Path:
 
 
 def check_sha256(path: Path, expected: str = "") -> str:
-    """The file's SHA-256; compared with ``expected`` when one was published, else printed once
-    (no checksum is published for these files, so a user can record it)."""
+    """The file's SHA-256; compared with ``expected`` when one was published, else printed each time
+    the file is used (no checksum is published for these files, so a user can record it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
