@@ -180,6 +180,7 @@ def test_defaults_are_the_reference_settings():
         "betas": (0.5, 0.999),
         "seed": 111,
         "precision": "fp16_autocast",
+        "checkpoint": None,  # trained heads are ours unless a file is given (the authors' or ours)
     }
     assert SCHEDULE_BY_AUXILIARY == {"mvtec": (3, 0.2), "visa": (15, 0.0)}
 
