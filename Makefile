@@ -6,6 +6,7 @@ PROFILE  ?= demo
 DATA_ROOT ?=
 DATASETS ?= demo
 EXECUTOR ?= local
+DEVICE   ?= cpu
 NOTEBOOK ?=
 # torch/torchvision are pinned to the release this study was built and tested with (the workplace it
 # was built in serves that release from local disk). Wherever the index is PyPI, that is the CUDA
@@ -15,7 +16,7 @@ NOTEBOOK ?=
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX_URL ?=
 
-.PHONY: install reproduce-all reproduce test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
+.PHONY: install reproduce-all reproduce smoke smoke-ci test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
 
 install: $(VENV)/.installed
 
@@ -34,6 +35,18 @@ reproduce-all: install
 reproduce: install
 	$(PY) notebooks/reproduce.py --profile $(PROFILE) --executor $(EXECUTOR) --only $(NOTEBOOK) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
+## The paper profile's code path on fabricated data with random weights: every notebook and table,
+## then each method's time and peak memory at paper resolution (README, "Smoke profile").
+smoke: install
+	$(MAKE) reproduce-all PROFILE=smoke DATA_ROOT=
+	$(PY) -m sowa_lib.smoke --device $(DEVICE)
+
+## The reduced smoke (one layout per method family, one category); SMOKE_ONLY="sowa agpnet" runs
+## some method families only (CI runs the ones that fit its budget on two CPU cores).
+SMOKE_ONLY ?=
+smoke-ci: install
+	$(PY) -m sowa_lib.smoke --device $(DEVICE) $(if $(SMOKE_ONLY),--only $(SMOKE_ONLY))
+
 ## Library tests, then the notebooks re-executed by nbval on the demo profile. Both import this
 ## checkout's sowa_lib (PYTHONPATH), whichever checkout the environment was installed from.
 test: test-lib test-notebooks
@@ -51,10 +64,15 @@ test-notebooks: install
 data: install
 	$(PY) -m sowa_lib.data.prepare --datasets $(DATASETS) $(if $(DATA_ROOT),--root $(DATA_ROOT))
 
-## Speed and metric benchmarks (print measured ratios).
+## Speed and metric benchmarks (print measured ratios); DEVICE=cuda: the GPU benchmark instead
+## (benchmarks/gpu.py; on a machine without a GPU it says so and exits with status 3).
 benchmarks: install
+ifeq ($(DEVICE),cuda)
+	$(PY) benchmarks/gpu.py
+else
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/methods.py
+endif
 
 ## Re-execute the committed notebooks in place so that they show current demo outputs.
 notebooks-refresh: install

@@ -29,7 +29,7 @@ from sowa_lib.ablations import ablations  # noqa: E402
 from sowa_lib.executors import EXECUTORS  # noqa: E402
 from sowa_lib.fingerprint import REUSE_STALE_ENV  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
-from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile, prepare  # noqa: E402
+from sowa_lib.profiles import PROFILES, ProfileNotReadyError, check_weights, get_profile, prepare, profile_note  # noqa: E402
 
 
 def numbered_notebooks(only: str | None = None, folder: Path = HERE) -> list[Path]:
@@ -95,7 +95,8 @@ def _quiet_kernel_shutdown() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", default="demo", choices=["demo", "paper"])
+    parser.add_argument("--profile", default="demo", choices=list(PROFILES),
+                        help="smoke: the paper profile's code path on fabricated data with random weights (sowa_lib.profiles)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--device", default=None, help="default: cpu for demo, cuda for paper")
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: {err}", file=sys.stderr)
         return 2
 
+    print(f"reproduce: profile {profile.name} — {profile_note(profile.name)}", flush=True)
     if args.jobs:
         os.environ["JOBS"] = str(args.jobs)  # the notebooks' kernels inherit it; get_executor reads it
     if args.reuse_stale:
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + err.signum
         print(f"{err}\nreproduce: {book.stem} failed{kept}; {done}", file=sys.stderr)
         return 1
-    print(f"reproduce: profile {profile.name}, {len(books)} notebook(s) in {time.perf_counter() - total:.1f} s (measured)")
+    print(f"reproduce: profile {profile.name} ({profile_note(profile.name)}), {len(books)} notebook(s) "
+          f"in {time.perf_counter() - total:.1f} s (measured)")
     return 0
 
 

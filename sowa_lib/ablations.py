@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sowa_lib.profiles import dataset_for_role
+from sowa_lib.methods.official_weights import SMOKE_PREFIX, official_name
+from sowa_lib.profiles import PAPER_AUXILIARY, dataset_for_role
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,19 @@ def _april_gan(profile: str) -> list[Ablation]:
                  note="per-image Dice for a batch of one; differs only when the training set size is ≡ 1 mod 8"),
         Ablation("april_gan", "aupro=cflow_loop", {}, "zero_shot", "metric", aupro_variant="cflow_loop"),
     ]
+
+
+def _official_weights(profile: str) -> list[Ablation]:
+    """The authors' released weights evaluated beside our training (issue 17): on each target, the
+    checkpoint trained on its auxiliary dataset, as the official scripts pair them. The smoke
+    profile reads stand-ins written in the same formats (``official_weights.SMOKE_PREFIX``); the
+    demo has none. AGPNet released no weights."""
+    if profile == "demo":
+        return []
+    prefix = SMOKE_PREFIX if profile == "smoke" else ""
+    return [Ablation(method, "official_weights", {"checkpoint": prefix + official_name(method, PAPER_AUXILIARY[target])}, "zero_shot",
+                     "switch", dataset_role=target, note=f"the authors' released weights (trained on {PAPER_AUXILIARY[target]}) instead of ours")
+            for method in ("april_gan", "sowa") for target in ("mvtec", "visa")]
 
 
 def _winclip() -> list[Ablation]:
@@ -183,5 +197,5 @@ def ablation_dataset(ablation: Ablation, profile: str, default: str) -> str:
 
 
 def ablations(profile: str) -> list[Ablation]:
-    """All ablations of ``profile`` ("demo" or "paper")."""
-    return _sowa(profile) + _april_gan(profile) + _winclip() + _baselines() + _agpnet(profile)
+    """All ablations of ``profile`` ("demo", "smoke" or "paper"; the smoke's are the paper's)."""
+    return _sowa(profile) + _april_gan(profile) + _official_weights(profile) + _winclip() + _baselines() + _agpnet(profile)

@@ -184,9 +184,12 @@ def training_key(plan: Plan, training_data: str, profile: Profile, spec: runs.Ru
     Methods trained on an auxiliary dataset are trained once with their own seed and shared by all
     targets with that auxiliary set, zero- and few-shot alike. AGPNet trains on the target's normal
     train images (once per dataset for multi-class, per category for one-class, per seed); its
-    few-shot mode trains inside ``set_references``.
+    few-shot mode trains inside ``set_references``. A plan whose overrides give a ``checkpoint``
+    evaluates those weights and trains nothing.
     """
     if training_data == "none" or (training_data == "target" and plan.setting == "few_shot"):
+        return None
+    if plan.overrides.get("checkpoint") is not None:  # trained weights given (e.g. the authors' released ones)
         return None
     if training_data == "auxiliary":
         return (profile.auxiliary[spec.dataset], None, 0)

@@ -16,13 +16,14 @@ import numpy as np  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
 
 from sowa_lib.data.sample import Sample  # noqa: E402
+from sowa_lib.profiles import PROFILES, profile_note  # noqa: E402
 from sowa_lib.tables import category_means  # noqa: E402
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-PROFILE_NOTE = {"demo": "demo profile: generated benchmark, tiny random models — not paper numbers", "paper": "paper profile"}
+PROFILE_NOTE = {name: profile_note(name) for name in PROFILES}
 
 
 def save(fig: plt.Figure, name: str, out_dir: Path) -> list[Path]:

@@ -4,11 +4,14 @@
 ``demo``: the embedded benchmark (two disjoint groups of generated categories that play the roles of
 MVTec-AD and VisA) and tiny randomly initialised backbones; minutes on a CPU.
 ``paper``: the official datasets under ``DATA_ROOT`` and pretrained weights; a GPU in practice.
+``smoke``: the paper profile with the declared differences of :data:`SMOKE_DIFFERENCES` only (random
+weights of the real architectures, fabricated datasets in the six official layouts, one training
+step, one seed), so that the paper's code path runs before anyone downloads data or weights.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -98,8 +101,50 @@ def paper_profile(data_root: Path | None = None, results_dir: Path | None = None
     )
 
 
+#: Every way the smoke profile differs from the paper profile (DESIGN.md, "Profiles"). Study-level
+#: fields are replaced on the paper profile by :func:`smoke_profile`; method options are applied
+#: on top of each method's paper options by :func:`method_profile_options`, for the options its
+#: constructor has. Nothing else differs, so the smoke runs the paper's code path and cannot drift.
+SMOKE_DIFFERENCES: dict[str, Any] = {
+    "datasets": "fabricated in the six official on-disk layouts, two categories each (sowa_lib.data.fabricate)",
+    "seeds": (0,),
+    "device": "cpu unless asked (the paper profile: cuda)",
+    "official checkpoints": "files written in the authors' formats from random weights (sowa_lib.methods.official_weights)",
+}
+SMOKE_METHOD_OPTIONS: dict[str, Any] = {
+    "pretrained": None,  # random weights of the real architectures (open_clip, timm, torchvision)
+    "epochs": 1,  # April-GAN's 3/15 and AGPNet's 500 epochs; SOWA's is 1 already
+    "few_shot_epochs": 1,  # AGPNet few-shot
+    "few_shot_folds": 8,  # AGPNet few-shot: 8 rotations/flips of K <= 4 references fill one batch of 32
+}
+PROFILES = ("demo", "smoke", "paper")
+
+
+def smoke_profile(data_root: Path | None = None, results_dir: Path | None = None, device: str = "cpu") -> Profile:
+    """The paper profile on fabricated data (``<repo>/data/smoke`` by default), with :data:`SMOKE_DIFFERENCES`."""
+    paper = paper_profile(Path(data_root or REPO_ROOT / "data" / "smoke"), results_dir, device)
+    return replace(paper, name="smoke", seeds=SMOKE_DIFFERENCES["seeds"])
+
+
+def method_profile_options(options: Iterable[str], method_profiles: dict[str, dict[str, Any]], profile: str | None) -> dict[str, Any]:
+    """Constructor options of a method in ``profile``: its ``profiles`` entry (``paper``: none, the
+    constructor defaults are the reference's), and for ``smoke`` the paper's plus those of
+    :data:`SMOKE_METHOD_OPTIONS` that the constructor has (``options``: its option names)."""
+    if profile == "smoke":
+        known = set(options)
+        return {**method_profiles.get("paper", {}), **{k: v for k, v in SMOKE_METHOD_OPTIONS.items() if k in known}}
+    return dict(method_profiles.get(profile or "paper", {}))
+
+
+def profile_note(profile: str) -> str:
+    """The words every banner, table and figure of ``profile`` carries (not paper numbers, unless paper)."""
+    return {"demo": "demo profile: generated benchmark, tiny random models — not paper numbers",
+            "smoke": "smoke: random weights, fabricated data — not paper numbers",
+            "paper": "paper profile"}.get(profile, f"{profile} profile")
+
+
 def get_profile(name: str = "demo", data_root: str | Path | None = None, results_dir: str | Path | None = None, device: str | None = None) -> Profile:
-    """The profile called ``name`` (``"demo"`` or ``"paper"``); ``device`` defaults to cpu / cuda.
+    """The profile called ``name`` (one of :data:`PROFILES`); ``device`` defaults to cuda for the paper, else cpu.
     ``results_dir`` defaults to ``$SOWA_RESULTS_DIR`` when set (``make test-notebooks`` points it at
     a temporary folder), else ``<repo>/results``; figures go to ``figures/`` beside it."""
     data_root = Path(data_root) if data_root else None
@@ -107,17 +152,20 @@ def get_profile(name: str = "demo", data_root: str | Path | None = None, results
     results_dir = Path(results_dir) if results_dir else None
     if name == "demo":
         return demo_profile(data_root, results_dir, device or "cpu")
+    if name == "smoke":
+        return smoke_profile(data_root, results_dir, device or "cpu")
     if name == "paper":
         return paper_profile(data_root, results_dir, device or "cuda")
-    raise ValueError(f"unknown profile {name!r}; use 'demo' or 'paper'")
+    raise ValueError(f"unknown profile {name!r}; use one of {PROFILES}")
 
 
 def prepare(profile: Profile, datasets: list[str] | None = None) -> dict[str, list[str]]:
     """Make sure the profile's datasets are there and return their categories.
 
-    The demo benchmark is generated on demand (deterministic, seconds). For the paper profile a
-    missing dataset raises :class:`ProfileNotReadyError` listing every missing one and the command
-    that fetches it.
+    The demo benchmark is generated on demand (deterministic, seconds), the smoke profile's
+    fabricated benchmarks and official-format checkpoints likewise. For the paper profile a missing
+    dataset raises :class:`ProfileNotReadyError` listing every missing one and the command that
+    fetches it.
     """
     from sowa_lib import data
 
@@ -126,6 +174,10 @@ def prepare(profile: Profile, datasets: list[str] | None = None) -> dict[str, li
         from sowa_lib.data import demo
 
         demo.generate(profile.datasets[wanted[0]].root.parent)
+    if profile.name == "smoke":
+        from sowa_lib.data.fabricate import fabricate_benchmarks
+
+        fabricate_benchmarks(profile.datasets[wanted[0]].root.parent)
     found, problems = {}, []
     for name in wanted:
         ref = profile.datasets[name]
@@ -146,7 +198,8 @@ def check_weights(profile: Profile, method_names: list[str], variants: Iterable[
     """Build each method once with ``profile``'s settings, and each ``(method, overrides)`` variant
     whose overrides change its weights (:data:`WEIGHT_OPTIONS`, e.g. AGPNet's backbone ablation),
     so that missing pretrained weights stop the study before it starts, with every missing file
-    listed in one message. The demo profile uses randomly initialised models and needs no weights."""
+    listed in one message. The demo profile uses randomly initialised models and needs no weights;
+    the smoke profile's builds are the paper's (random weights), so they are checked too."""
     if profile.name == "demo":
         return
     from sowa_lib import methods

@@ -52,6 +52,8 @@ from sowa_lib.runs import SETTINGS as RUN_SETTINGS
 DEMO_BANNER = ("DEMO PROFILE — numbers come from the embedded demo benchmark and tiny randomly initialised "
                "models; they are NOT comparable with the paper's claims.")
 PAPER_BANNER = "PAPER PROFILE — reproduced on the official datasets with pretrained weights."
+SMOKE_BANNER = ("SMOKE PROFILE — smoke: random weights, fabricated data — not paper numbers. The paper profile's code "
+                "path on fabricated datasets with randomly initialised real architectures; it proves the path runs, nothing more.")
 # The demo benchmark's two groups of generated categories play the roles of MVTec-AD and VisA.
 MISSING = "–"
 FLAG = "(!)"
@@ -159,6 +161,8 @@ def banner(profile: str) -> str:
         return DEMO_BANNER
     if profile == "paper":
         return PAPER_BANNER
+    if profile == "smoke":
+        return SMOKE_BANNER
     return f"{profile.upper()} PROFILE"
 
 
@@ -537,7 +541,7 @@ def build_all(results_df: pd.DataFrame, profile: str, out_dir: Path) -> list[Pat
 
 __all__ = [
     "DEMO_BANNER", "EFFICIENCY_RELATIVE_TOLERANCE", "FLAG", "LAYOUTS", "LEADERBOARD_TOLERANCE", "Layout", "MISSING",
-    "MIN_TOLERANCE", "PAPER_BANNER", "STATUSES", "TABLE_IDS", "banner", "build_all", "build_table", "compare",
+    "MIN_TOLERANCE", "PAPER_BANNER", "SMOKE_BANNER", "STATUSES", "TABLE_IDS", "banner", "build_all", "build_table", "compare",
     "has_producer", "summary_table", "table_id", "to_latex", "to_markdown", "tolerance", "write_table",
 ]
 

@@ -183,6 +183,7 @@ def test_defaults_are_the_reference_settings():
         "precision": "fp16_autocast",
         "dice_single_image_quirk": True,  # a batch of one: Dice over the mask's rows (official train.py)
         "round_fp16": True,  # the OpenAI loader builds in fp16 before loading
+        "checkpoint": None,  # trained heads are ours unless a file is given (the authors' or ours)
     }
     assert SCHEDULE_BY_AUXILIARY == {"mvtec": (3, 0.2), "visa": (15, 0.0)}
 

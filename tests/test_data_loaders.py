@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import sowa_lib.data as data
-from fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tree, visa_tree, write_image, write_mask
+from sowa_lib.data.fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tree, visa_tree, write_image, write_mask
 from sowa_lib.data import btad, dagm, dtd_synthetic, mvtec, mvtec3d, visa
 from sowa_lib.data.errors import DatasetError, DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
 from sowa_lib.data.references import draw_references

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tree
+from sowa_lib.data.fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tree
 from sowa_lib.data import btad, mvtec
 from sowa_lib.data import download as dl
 from sowa_lib.data.errors import DatasetLayoutError

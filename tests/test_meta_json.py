@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fabricate import dagm_tree, mvtec3d_tree, mvtec_tree, visa_tree
+from sowa_lib.data.fabricate import dagm_tree, mvtec3d_tree, mvtec_tree, visa_tree
 import sowa_lib.data as data
 from sowa_lib.data import dagm, mvtec, mvtec3d, visa
 from sowa_lib.data.errors import DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError

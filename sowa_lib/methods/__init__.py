@@ -10,6 +10,7 @@ import inspect
 from typing import Any
 
 from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.profiles import method_profile_options
 
 _REGISTRY: dict[str, str] = {
     "winclip": "sowa_lib.methods.winclip:WinCLIP",
@@ -36,14 +37,20 @@ def method_class(name: str) -> type[AnomalyMethod]:
 
 
 def build(name: str, profile: str | None = None, **overrides: Any) -> AnomalyMethod:
-    """Build method ``name`` with its ``profile`` defaults (``"demo"``/``"paper"``) and ``overrides``.
+    """Build method ``name`` with its ``profile`` defaults (``"demo"``/``"smoke"``/``"paper"``) and ``overrides``.
 
-    ``profile=None`` and ``"paper"`` both give the reference-implementation defaults.
+    ``profile=None`` and ``"paper"`` both give the reference-implementation defaults; ``"smoke"``
+    gives the paper's with the declared differences of :data:`sowa_lib.profiles.SMOKE_METHOD_OPTIONS`.
     """
     cls = method_class(name)
-    method = cls(**{**cls.profiles.get(profile or "paper", {}), **overrides})
+    method = cls(**{**profile_options(cls, profile), **overrides})
     method._config = configuration(name, profile, **overrides)
     return method
+
+
+def profile_options(cls: type[AnomalyMethod], profile: str | None) -> dict[str, Any]:
+    """The constructor options ``cls`` takes in ``profile`` (:func:`sowa_lib.profiles.method_profile_options`)."""
+    return method_profile_options(options_in_effect(cls, {}), cls.profiles, profile)
 
 
 def configuration(name: str, profile: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -51,7 +58,7 @@ def configuration(name: str, profile: str | None = None, **overrides: Any) -> di
     computed without building the method (cheap even for ViT-L): method, profile and every
     constructor option in effect (:func:`options_in_effect`)."""
     cls = method_class(name)
-    options = {**cls.profiles.get(profile or "paper", {}), **overrides}
+    options = {**profile_options(cls, profile), **overrides}
     return {"method": name, "profile": profile or "paper", **options_in_effect(cls, options)}
 
 

@@ -50,6 +50,7 @@ from sowa_lib.backbones.clip import DEMO_LAYERED_CLIP, ClipBackbone, as_backbone
 from sowa_lib.data.sample import Sample
 from sowa_lib.losses import dice_loss, focal_loss
 from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
+from sowa_lib.methods.official_weights import load_checkpoint
 from sowa_lib.methods.fewshot import (
     IMAGE_SCORE_MODES,
     MAP_MAX,
@@ -102,11 +103,15 @@ class AprilGAN(AnomalyMethod):
         precision: str = "fp16_autocast",
         dice_single_image_quirk: bool = True,
         round_fp16: bool = True,
+        checkpoint: str | None = None,
     ) -> None:
         """``layers`` are 0-based block indices (the default is the paper's 6/12/18/24).
         ``epochs``/``mosaic_rate`` of ``None`` follow :data:`SCHEDULE_BY_AUXILIARY` for the dataset
         that :meth:`fit` receives. ``precision="fp16_autocast"`` runs every forward under CUDA fp16
-        autocast as the reference does (§1.1; a no-op on CPU, as there); ``"fp32"`` never does."""
+        autocast as the reference does (§1.1; a no-op on CPU, as there); ``"fp32"`` never does.
+        ``checkpoint``: trained heads to load — the authors' released ``{'trainable_linearlayer': ...}``
+        file (a path, or ``"april_gan/mvtec"`` / ``"april_gan/visa"`` of
+        :data:`~sowa_lib.methods.official_weights.REGISTRY`) or a file of our ``trainable_state_dict``."""
         super().__init__()
         check_choice("precision", precision, PRECISIONS)
         self.precision = precision
@@ -126,6 +131,8 @@ class AprilGAN(AnomalyMethod):
             self.heads = nn.ModuleList(nn.Linear(self.clip.width, self.clip.embed_dim) for _ in self.layers)
         self.memory = MemoryBank(metric="cosine")
         self._text_features: dict[str, torch.Tensor] = {}
+        if checkpoint is not None:  # trained weights: the authors' released file or ours (official_weights)
+            load_checkpoint(self, checkpoint)
 
     def autocast(self) -> torch.autocast:
         """The reference's ``torch.cuda.amp.autocast()``: fp16 matmuls on CUDA, nothing elsewhere."""

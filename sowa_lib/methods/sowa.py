@@ -66,6 +66,7 @@ from sowa_lib.data.sample import Sample
 from sowa_lib.losses import dice_loss, focal_loss
 from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
 from sowa_lib.methods.fewshot import IMAGE_SCORE_MODES, few_shot_extras, finalize_few_shot, memory_distance_map
+from sowa_lib.methods.official_weights import load_checkpoint
 from sowa_lib.methods.sowa_adapter import HFWAAdapter, WindowOptions, share_trainable_parts
 from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps, tokens_to_grid
 from sowa_lib.training import (
@@ -133,6 +134,9 @@ class SOWA(AnomalyMethod):
         softmax temperature (§1.6).
     Training (§2): epochs, batch_size, lr, weight_decay (AdamW), seed, mosaic_prob (2×2 mosaic,
     applied only when the training samples come from one of ``mosaic_datasets``).
+    checkpoint: trained weights to load — the authors' released Lightning checkpoint (a path, or a
+        name of :data:`~sowa_lib.methods.official_weights.REGISTRY` such as ``"sowa/visa"``; its
+        frozen CLIP is loaded too) or a file of our own ``trainable_state_dict``.
     """
 
     name = "sowa"
@@ -189,6 +193,8 @@ class SOWA(AnomalyMethod):
         keep_checkpoint: str = "best_train_loss",
         early_stopping_patience: int = 10,
         seed: int = 2025,
+    
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("lr_schedule", lr_schedule, ("plateau", "none"))
@@ -222,6 +228,8 @@ class SOWA(AnomalyMethod):
             self.text_linear = nn.Linear(dim, dim) if text_linear else nn.Identity()
         self.memory = MemoryBank(metric="cosine")
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
+        if checkpoint is not None:  # trained weights: the authors' released file or ours (official_weights)
+            load_checkpoint(self, checkpoint)
 
     def _build_adapters(self, kind: str, window: int, depth: int, options: WindowOptions, shared: bool) -> list[nn.Module]:
         """One adapter per tapped layer (§1.3, or ``sowa_linear``'s bias-free Linear); ``shared`` ties
