@@ -11,7 +11,7 @@ NOTEBOOK ?=
 # pull a multi-GB CUDA download.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install reproduce-all reproduce test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
+.PHONY: install reproduce-all reproduce test test-lib test-notebooks data benchmarks notebooks-refresh clean-results clean-features
 
 install: $(VENV)/.installed
 
@@ -54,3 +54,7 @@ notebooks-refresh: install
 
 clean-results:
 	rm -rf results/$(PROFILE) figures/$(PROFILE)
+
+## Remove the on-disk frozen-feature cache (SOWA_FEATURE_CACHE=disk) of a profile.
+clean-features:
+	rm -rf results/$(PROFILE)/features

@@ -54,12 +54,16 @@ class AnomalyMethod(nn.Module):
         train images of the target dataset: AGPNet multi-/one-class).
     profiles: per-profile constructor overrides, e.g. ``{"demo": {"backbone": "tiny-clip"}}``;
         :func:`sowa_lib.methods.build` applies them before the caller's own overrides.
+    trains_on_references: :meth:`set_references` trains (AGPNet few-shot) instead of only encoding
+        the references with the frozen backbone; the runner then neither caches its encodings nor
+        encodes the references one image at a time (:mod:`sowa_lib.features`).
     """
 
     name: ClassVar[str] = ""
     normalization: ClassVar[str] = "clip"
     training_data: ClassVar[str] = "none"
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    trains_on_references: ClassVar[bool] = False
 
     image_size: int
 
