@@ -21,6 +21,8 @@ run and method, so they hit. References are encoded **one image at a time** in b
 (``per_image``), so every K and seed reuses each reference image's own encoding. Results with and
 without the cache are therefore bit-identical (``tests/test_features.py``).
 
+The module imports nothing of ``sowa_lib``: it sits just below the backbones, which call it.
+
 Memory is bounded by scope: :meth:`FeatureCache.enter` with a new scope (the runner's dataset and
 category) drops what the previous scope held. The optional disk cache (``directory``, the runner's
 ``results/<profile>/features/``) writes one file per entry atomically (temporary name, then rename),
@@ -34,11 +36,11 @@ import hashlib
 import os
 import platform
 import weakref
-from functools import lru_cache
-from importlib import metadata
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Callable, Hashable, Iterator, Sequence
 
