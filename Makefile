@@ -16,7 +16,7 @@ NOTEBOOK ?=
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX_URL ?=
 
-.PHONY: install reproduce-all reproduce smoke smoke-ci test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
+.PHONY: install reproduce-all reproduce smoke smoke-ci test test-lib test-notebooks data benchmarks notebooks-refresh clean-results clean-features
 
 install: $(VENV)/.installed
 
@@ -80,3 +80,7 @@ notebooks-refresh: install
 
 clean-results:
 	rm -rf results/$(PROFILE) figures/$(PROFILE)
+
+## Remove the on-disk frozen-feature cache (SOWA_FEATURE_CACHE=disk) of a profile.
+clean-features:
+	rm -rf results/$(PROFILE)/features

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from sowa_lib import data, fingerprint, methods, runs
+from sowa_lib import data, features, fingerprint, methods, runs
 from sowa_lib.data import demo
 from sowa_lib.data.references import draw_references
 from sowa_lib.data.sample import Sample
@@ -141,6 +141,31 @@ def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, 
     ckpt.with_suffix(".log.json").write_text(json.dumps(log, default=float))
     shutil.rmtree(snapshots, ignore_errors=True)
     return log
+
+
+def category_feature_cache(profile: Profile, dataset: str, category: str) -> features.FeatureCache | None:
+    """This process's feature cache (None when ``SOWA_FEATURE_CACHE=off``), scoped to one category:
+    the encodings of the category before are dropped from memory."""
+    cache = features.runner_cache(profile.run_dir)
+    if cache is not None:
+        cache.enter((dataset, category))
+    return cache
+
+
+def predict_with_references(
+    method: AnomalyMethod, references: Sequence[Sample], images: torch.Tensor, category: str, batch_size: int,
+    feature_cache: features.FeatureCache | None, **reference_kwargs: Any,
+) -> Prediction:
+    """:func:`use_references` then :func:`predict_category`, their frozen encodings through
+    ``feature_cache`` (None: computed, not cached; the results are bit-identical either way). The
+    references are encoded one image at a time, in both modes, unless the method trains on them."""
+    if method.trains_on_references:
+        use_references(method, references, category, reference_kwargs)
+    else:
+        with features.active(feature_cache, per_image=True):
+            use_references(method, references, category, reference_kwargs)
+    with features.active(feature_cache):
+        return predict_category(method, images, category, batch_size)
 
 
 def predict_category(method: AnomalyMethod, images: torch.Tensor, category: str, batch_size: int) -> Prediction:
@@ -270,10 +295,16 @@ def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[Ano
 
 
 def execute_job(job: Job, progress: bool = False) -> list[str]:
-    """Run one job in this process; returns the result files it wrote (none for a training job)."""
+    """Run one job in this process; returns the result files it wrote (none for a training job).
+
+    The runs of an evaluation job (every K and seed of one category) share one frozen encoding of
+    each test and reference image through this process's feature cache, which drops the previous
+    category's encodings when this one starts (:mod:`sowa_lib.features`)."""
     cache = _SampleCache(job.profile)
     method, log = _build_trained(job, cache, progress)
     written = []
+    if job.specs:
+        category_feature_cache(job.profile, job.specs[0].dataset, job.specs[0].category)
     for spec in job.specs:
         if not runs.is_done(job.profile.run_dir, spec):
             written.append(str(_run_one(method, job, spec, cache, log)))
@@ -371,8 +402,9 @@ def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _Sample
     refs = run_references(job.plan, profile, spec, cache)
     parts = run_parts(job.plan, profile, spec, job.aupro_variant, cache)
     start = time.perf_counter()
-    use_references(method, refs, spec.category, reference_options(method, job.plan, profile, spec, parts))
-    pred = predict_category(method, cache.images(spec.dataset, spec.category, size, norm, method.interpolation), spec.category, profile.batch_size)
+    pred = predict_with_references(method, refs, cache.images(spec.dataset, spec.category, size, norm, method.interpolation), spec.category,
+                                   profile.batch_size, features.runner_cache(profile.run_dir),
+                                   **reference_options(method, job.plan, profile, spec, parts))
     seconds = time.perf_counter() - start
     labels = torch.tensor([s.label for s in test])
     values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), job.aupro_variant)
@@ -401,9 +433,9 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
     method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
     refs = run_references(plan, profile, spec, cache)
     parts = run_parts(plan, profile, spec, "mvtec", cache)
-    use_references(method, refs, category, reference_options(method, plan, profile, spec, parts))
-    pred = predict_category(method, cache.images(dataset, category, method.image_size, method.normalization, method.interpolation),
-                            category, profile.batch_size)
+    pred = predict_with_references(method, refs, cache.images(dataset, category, method.image_size, method.normalization, method.interpolation),
+                                   category, profile.batch_size, category_feature_cache(profile, dataset, category),
+                                   **reference_options(method, plan, profile, spec, parts))
     return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
 
 

@@ -21,9 +21,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from sowa_lib.features import FEATURE_CACHE_ENV, FEATURE_CACHE_GB_ENV
 
-#: Variables that say where the shared datasets, weights and caches are; forwarded to Ray workers.
-SHARED_PATH_VARIABLES = ("DATA_ROOT", "WEIGHTS_DIR", "TORCH_HOME", "HF_HOME")
+
+#: Variables that say where the shared datasets, weights and caches are (and how the frozen-feature
+#: cache runs); forwarded to Ray workers.
+SHARED_PATH_VARIABLES = ("DATA_ROOT", "WEIGHTS_DIR", "TORCH_HOME", "HF_HOME", FEATURE_CACHE_ENV, FEATURE_CACHE_GB_ENV)
 #: Set in every worker process: Hugging Face hub (open_clip, timm) and torch hub
 #: (:mod:`sowa_lib.backbones.cnn`) then read their caches and never download.
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1"}

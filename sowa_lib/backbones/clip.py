@@ -40,6 +40,7 @@ from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import nn
 
 from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
+from sowa_lib.features import frozen_features
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ PRETRAINED: dict[tuple[str, str], PretrainedWeights] = {
         trained_with_quick_gelu=False,
     ),
 }
+
+#: The frozen-feature cache's name of the CLS embedding beside the (integer) block taps.
+CLS_PART = "cls"
 
 #: Where open_clip caches URL downloads when no ``cache_dir`` is given (open_clip.pretrained).
 OPEN_CLIP_URL_CACHE = Path("~/.cache/clip").expanduser()
@@ -282,8 +286,16 @@ class ClipBackbone(nn.Module):
         self, images: torch.Tensor, taps: Sequence[int] = ()
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Normalised images ``[B, 3, S, S]`` -> (CLS embedding ``[B, embed_dim]`` L2-normalised,
-        ``[tap tokens [B, 1 + T, width] for each 0-based block index in taps]``)."""
-        return self.encode_tokens(self.embed_patches(images), taps)
+        ``[tap tokens [B, 1 + T, width] for each 0-based block index in taps]``); served by the
+        frozen-feature cache when the runner holds one active (:mod:`sowa_lib.features`)."""
+        self._check_taps(taps)
+        parts = frozen_features(self.visual, "encode_image", images, (CLS_PART, *taps), self._image_parts)
+        return parts[CLS_PART], [parts[index] for index in taps]
+
+    def _image_parts(self, images: torch.Tensor, parts: Sequence[int | str]) -> dict[int | str, torch.Tensor]:
+        taps = [part for part in parts if part != CLS_PART]
+        cls_embedding, tapped = self.encode_tokens(self.embed_patches(images), taps)
+        return {CLS_PART: cls_embedding, **dict(zip(taps, tapped))}
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Last-block tokens ``[B, L, width]`` -> L2-normalised ``ln_post(CLS) @ proj``."""

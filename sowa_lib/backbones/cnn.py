@@ -37,6 +37,7 @@ from torch import nn
 
 from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
 from sowa_lib.data.transforms import NORMALIZATION
+from sowa_lib.features import frozen_features
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 POOLED = "pooled"
@@ -83,9 +84,16 @@ class TappedCNN(nn.Module):
         return f"{self.arch}:{self.weights or 'random'}"
 
     def forward(self, images: torch.Tensor, taps: Sequence[str] = ("layer1", "layer2", "layer3")) -> dict[str, torch.Tensor]:
+        """``{tap: [B, C, h, w]}``; served by the frozen-feature cache when the runner holds one active
+        (:mod:`sowa_lib.features`), which computes every stage on a miss so that the baselines'
+        different tap sets share one pass."""
         unknown = set(taps) - {*STAGES, POOLED}
         if unknown:
             raise ValueError(f"unknown taps {sorted(unknown)}; available: {', '.join((*STAGES, POOLED))}")
+        out = frozen_features(self, "forward", images, tuple(taps), self._taps, superset=(*STAGES, POOLED))
+        return {t: out[t] for t in taps}
+
+    def _taps(self, images: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         deepest = max(STAGES.index("layer4" if t == POOLED else t) for t in taps)
         out: dict[str, torch.Tensor] = {}
         x = images
@@ -97,7 +105,7 @@ class TappedCNN(nn.Module):
                 break
         if POOLED in taps:
             out[POOLED] = F.adaptive_avg_pool2d(x, 1)
-        return {t: out[t] for t in taps}
+        return out
 
     @torch.no_grad()
     def channels(self, taps: Sequence[str] = STAGES, size: int = 64) -> dict[str, int]:

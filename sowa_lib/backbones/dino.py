@@ -30,6 +30,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
+from sowa_lib.features import frozen_features
 
 #: The AGPNet / ViTAD extractor: DINO ViT-S/16 (agpnet spec §1 [P]).
 DINO_VIT_S16 = "vit_small_patch16_224.dino"
@@ -46,6 +47,9 @@ DINO_DOWNLOADS = {
 #: demo profile and tests; random weights. Width 48 keeps ViT-S's 6 heads (head width 8).
 TINY_DINO = "tiny-dino"
 _TINY_ARGS = {"embed_dim": 48, "depth": 4, "num_heads": 6}
+#: Names of the parts :meth:`DinoBackbone.forward` asks the frozen-feature cache for: ``(TAP, block)``
+#: and ``(ATTENTION, block)``.
+TAP, ATTENTION = "tap", "attention"
 
 
 def explicit_attention(block: Block, tokens: torch.Tensor) -> torch.Tensor:
@@ -106,24 +110,31 @@ class DinoBackbone(nn.Module):
         """Normalised images ``[B, 3, S, S]`` -> (patch tokens ``[B, T, width]`` of each 0-based block in
         ``taps``, in that order; CLS attention ``[B, len(attention_blocks), heads, T]`` or None).
 
-        Blocks after the deepest one asked for are not run.
+        Blocks after the deepest one asked for are not run. Served by the frozen-feature cache when
+        the runner holds one active (:mod:`sowa_lib.features`).
         """
         self._check_blocks([*taps, *attention_blocks])
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"{self.name} runs at {self.image_size}px; got images {tuple(images.shape)}")
+        wanted = [(TAP, i) for i in taps] + [(ATTENTION, i) for i in attention_blocks]
+        parts = frozen_features(self.model, "forward", images, wanted, self._parts)
+        tap_tokens = [parts[TAP, index] for index in taps]
+        cls_attention = torch.stack([parts[ATTENTION, i] for i in attention_blocks], dim=1) if attention_blocks else None
+        return tap_tokens, cls_attention
+
+    def _parts(self, images: torch.Tensor, parts: Sequence[tuple[str, int]]) -> dict[tuple[str, int], torch.Tensor]:
+        """``{(TAP, block): patch tokens, (ATTENTION, block): CLS attention [B, heads, T]}``."""
         model, prefix = self.model, self.model.num_prefix_tokens
         x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-        outputs: dict[int, torch.Tensor] = {}
-        attentions: dict[int, torch.Tensor] = {}
-        for index in range(max([*taps, *attention_blocks]) + 1):
+        out: dict[tuple[str, int], torch.Tensor] = {}
+        for index in range(max(block for _, block in parts) + 1):
             block = model.blocks[index]
-            if index in attention_blocks:
-                attentions[index] = explicit_attention(block, x)[:, :, 0, prefix:]
+            if (ATTENTION, index) in parts:
+                out[ATTENTION, index] = explicit_attention(block, x)[:, :, 0, prefix:]
             x = block(x)
-            outputs[index] = x
-        tap_tokens = [outputs[index][:, prefix:] for index in taps]
-        cls_attention = torch.stack([attentions[i] for i in attention_blocks], dim=1) if attention_blocks else None
-        return tap_tokens, cls_attention
+            if (TAP, index) in parts:
+                out[TAP, index] = x[:, prefix:]
+        return out
 
     def _check_blocks(self, blocks: Sequence[int]) -> None:
         if not blocks:

@@ -363,6 +363,7 @@ class AGPNet(AnomalyMethod):
     name: ClassVar[str] = "agpnet"
     normalization: ClassVar[str] = "imagenet"
     training_data: ClassVar[str] = "target"
+    trains_on_references: ClassVar[bool] = True
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         # Tiny ViT of the DINO family at 128 px (8×8 tokens); σ and the pooling window scaled with the
         # image. The curriculum keeps its shape (schedules are fractions of the epochs). EMA: the

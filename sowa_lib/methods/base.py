@@ -91,6 +91,9 @@ class AnomalyMethod(nn.Module):
         cached text features, fitted statistics): a tensor, a list/tuple/dict of tensors, a
         :class:`~sowa_lib.ops.MemoryBank` or None. ``.to()``, ``.double()``, ``.cuda()`` convert
         them as they convert buffers (DESIGN.md: "cached tensors follow ``.to()``").
+    trains_on_references: :meth:`set_references` trains (AGPNet few-shot) instead of only encoding
+        the references with the frozen backbone; the runner then neither caches its encodings nor
+        encodes the references one image at a time (:mod:`sowa_lib.features`).
     """
 
     name: ClassVar[str] = ""
@@ -99,6 +102,7 @@ class AnomalyMethod(nn.Module):
     training_data: ClassVar[str] = "none"
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     cached: ClassVar[tuple[str, ...]] = ()
+    trains_on_references: ClassVar[bool] = False
 
     image_size: int
 

@@ -250,7 +250,10 @@ class PaDiM(CNNBaseline):
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[N, P, d]`` float64 embeddings at layer1's ``(h, w)`` grid positions (P = h·w)."""
-        feats = self.features(images, self.layers)
+        return self.embed_features(self.features(images, self.layers))
+
+    def embed_features(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """:meth:`embed` of already extracted backbone features."""
         embedding = upsampled_concat([feats[layer] for layer in self.layers], "nearest")[:, self.selected]
         return embedding.flatten(2).transpose(1, 2).double(), tuple(embedding.shape[-2:])
 
@@ -276,15 +279,18 @@ class PaDiM(CNNBaseline):
         squared = ((residual * residual).sum(-1) - correction) / self.epsilon
         return squared.clamp_min(0.0).sqrt()
 
-    def mahalanobis_map(self, images: torch.Tensor) -> torch.Tensor:
-        embedding, grid = self.embed(images)
-        return self.mahalanobis(embedding).reshape(len(images), *grid)
+    def mahalanobis_map(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        embedding, grid = self.embed_features(feats)
+        return self.mahalanobis(embedding).reshape(len(embedding), *grid)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
         if self.mean is None:
             raise RuntimeError("padim: call set_references first")
-        distances = [self.mahalanobis_map(image[None]) for image in images]  # one image at a time bounds memory
+        # one batched backbone pass (the encoding SPADE and PatchCore share through the feature
+        # cache), then the Mahalanobis distances one image at a time, which bounds memory
+        feats = self.features(images, self.layers)
+        distances = [self.mahalanobis_map({t: f[i : i + 1] for t, f in feats.items()}) for i in range(len(images))]
         maps = self.smooth_maps(torch.cat(distances).float())
         return Prediction(scores=maps.flatten(1).amax(dim=1).cpu(), maps=maps.cpu())
 

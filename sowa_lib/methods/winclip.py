@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from sowa_lib.backbones.clip import ClipBackbone, as_backbone
+from sowa_lib.features import frozen_features
 from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
 from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps
 from sowa_lib.prompts import (
@@ -57,6 +58,10 @@ from sowa_lib.prompts import (
 
 MEANS = ("harmonic", "arithmetic")
 PATCH_LAYERS = ("last", "penultimate")
+
+
+#: Names of the frozen-feature cache parts of :meth:`WinCLIP.encode` beside the window scales (ints).
+IMAGE_PART, PATCH_PART = "image", "patches"
 
 
 def make_masks(grid_size: tuple[int, int], kernel_size: int, stride: int = 1) -> torch.Tensor:
@@ -169,13 +174,17 @@ class WinCLIP(AnomalyMethod):
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Image embedding ``[B, D]``, window embeddings per scale and patch embeddings
         ``[B, T, width]`` (last block, or the penultimate one, through ``ln_post``, no ``proj``), §2.2
-        "Image encoding"."""
+        "Image encoding". All frozen: served by the frozen-feature cache when the runner holds one active."""
+        parts = [IMAGE_PART, PATCH_PART, *self.scales]
+        out = frozen_features(self.clip.visual, f"winclip.encode:{self.patch_layer}", images, parts, self._encode_parts)
+        return out[IMAGE_PART], [out[scale] for scale in self.scales], out[PATCH_PART]
+
+    def _encode_parts(self, images: torch.Tensor, parts: Sequence[int | str]) -> dict[int | str, torch.Tensor]:
         tokens = self.clip.embed_patches(images)
         tap = len(self.clip.blocks) - (1 if self.patch_layer == "last" else 2)
         image_embedding, (patch_tokens,) = self.clip.encode_tokens(tokens, taps=[tap])
-        patch_embeddings = self.clip.visual.ln_post(patch_tokens[:, 1:])
-        windows = [self.window_embeddings(tokens, scale) for scale in self.scales]
-        return image_embedding, windows, patch_embeddings
+        windows = {scale: self.window_embeddings(tokens, scale) for scale in parts if isinstance(scale, int)}
+        return {IMAGE_PART: image_embedding, PATCH_PART: self.clip.visual.ln_post(patch_tokens[:, 1:]), **windows}
 
     # ------------------------------------------------------------------ scoring
     def zero_shot_map(self, image_scores: torch.Tensor, windows: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,325 @@
+"""Frozen-feature cache: one encoder pass per distinct (backbone, resolution, image) per sweep
+(DESIGN.md, layer "frozen-feature cache"; issue #15).
+
+A few-shot sweep evaluates every category for K ∈ {1, 2, 4} × seeds, and every run encodes the
+same test images with a *frozen* backbone whose output depends on neither K nor seed. The backbones
+route their frozen encodings (``ClipBackbone.encode_image``, ``DinoBackbone.forward``,
+``TappedCNN.forward``, WinCLIP's window embeddings) through :func:`frozen_features`; while the
+runner holds a :class:`FeatureCache` active (:func:`active`), an encoding already computed is served
+from memory (or from disk), else computed and stored. Anything trained (heads, adapters, prompts,
+decoders) runs after these calls and is always recomputed. Outside an :func:`active` context, and
+while autograd records or a forward hook watches the backbone, nothing is cached.
+
+Key of an entry: the backbone's **weights fingerprint** (every tensor of the frozen module, its
+architecture ``repr`` — activation included — and its eval/train mode), the operation and the part
+asked for (tap, CLS, window scale), the environment that decides the float result (torch and model
+library versions, device, thread count, autocast state) and the **content hash** of the batch of
+preprocessed image tensors (so resolution and normalisation are part of it). Float results of a
+batched forward can depend on the batch's composition, so an entry is one batch exactly as the
+uncached path encodes it: the test images of a category are split into the same batches for every
+run and method, so they hit. References are encoded **one image at a time** in both modes
+(``per_image``), so every K and seed reuses each reference image's own encoding. Results with and
+without the cache are therefore bit-identical (``tests/test_features.py``).
+
+The module imports nothing of ``sowa_lib``: it sits just below the backbones, which call it.
+
+Memory is bounded by scope: :meth:`FeatureCache.enter` with a new scope (the runner's dataset and
+category) drops what the previous scope held. The optional disk cache (``directory``, the runner's
+``results/<profile>/features/``) writes one file per entry atomically (temporary name, then rename),
+reads it memory-mapped, and deletes the least recently used files beyond ``max_disk_bytes``.
+Several processes (the executors' workers) may share the folder: a file is complete once it has its
+name, and a file deleted by another process's cap is a miss, recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import weakref
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Hashable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+#: Environment variable choosing the runner's cache: ``off``, ``memory`` (default) or ``disk``.
+FEATURE_CACHE_ENV = "SOWA_FEATURE_CACHE"
+FEATURE_CACHE_MODES = ("off", "memory", "disk")
+#: Size cap of the disk cache in GiB (default :data:`DEFAULT_DISK_GB`).
+FEATURE_CACHE_GB_ENV = "SOWA_FEATURE_CACHE_GB"
+DEFAULT_DISK_GB = 50.0
+#: Folder of the disk cache inside a profile's results folder (``make clean-features`` removes it).
+FEATURES_DIRNAME = "features"
+
+Parts = dict[Hashable, torch.Tensor]
+Compute = Callable[[torch.Tensor, Sequence[Hashable]], Parts]
+
+
+@dataclass
+class FeatureStats:
+    """What went through :func:`frozen_features` within :func:`active` contexts, in this process:
+    ``encoded`` counts the images the backbone actually ran on, ``served`` those answered from a
+    cache, both per operation label (``"<library>.<backbone class>/<operation>"``)."""
+
+    encoded: Counter = field(default_factory=Counter)
+    served: Counter = field(default_factory=Counter)
+
+    def total_encoded(self) -> int:
+        return sum(self.encoded.values())
+
+    def reset(self) -> None:
+        self.encoded.clear()
+        self.served.clear()
+
+
+#: The process's counters (the sweep benchmark reads and resets them).
+STATS = FeatureStats()
+
+
+class FeatureCache:
+    """Encodings of frozen backbones, keyed by content (module docstring), in memory per scope and
+    optionally on disk under ``directory`` (at most ``max_disk_bytes``, least recently used files
+    deleted first)."""
+
+    def __init__(self, directory: str | Path | None = None, max_disk_bytes: int | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.max_disk_bytes = max_disk_bytes if max_disk_bytes is not None else int(DEFAULT_DISK_GB * 2**30)
+        self.scope: Hashable = None
+        self._memory: dict[str, torch.Tensor] = {}
+        self._stored_images: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ scope
+    def enter(self, scope: Hashable) -> None:
+        """Start ``scope`` (e.g. one dataset's category): a new scope drops the memory of the last."""
+        if scope != self.scope:
+            self._memory.clear()
+            self.scope = scope
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._memory.values())
+
+    def record(self, encoder: str, image_hashes: Sequence[str]) -> None:
+        """Note that ``encoder`` (fingerprint and operation) was run on these images."""
+        self._stored_images.update((encoder, h) for h in image_hashes)
+
+    def distinct_images(self) -> int:
+        """Distinct (backbone and operation, image) pairs this cache computed since it was built."""
+        return len(self._stored_images)
+
+    # ------------------------------------------------------------------ entries
+    def get(self, key: str, device: torch.device) -> torch.Tensor | None:
+        if key in self._memory:
+            return self._memory[key].to(device)
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            tensor = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            os.utime(path)  # the size cap deletes the least recently used files first
+        except (OSError, RuntimeError, EOFError):  # removed by another process's size cap meanwhile
+            return None
+        tensor = tensor.to(device)
+        self._memory[key] = tensor
+        return tensor
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        self._memory[key] = tensor
+        path = self._path(key)
+        if path is None or path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(tensor.detach().cpu().clone(), temporary)
+        os.replace(temporary, path)
+        self._enforce_disk_cap()
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.directory is None else self.directory / key[:2] / f"{key}.pt"
+
+    def disk_bytes(self) -> int:
+        if self.directory is None or not self.directory.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.directory.glob("*/*.pt"))
+
+    def _enforce_disk_cap(self) -> None:
+        """Delete the least recently used (written or read) files until the folder holds at most the cap."""
+        files = sorted(self.directory.glob("*/*.pt"), key=lambda p: p.stat().st_mtime_ns)
+        total = sum(p.stat().st_size for p in files)
+        for path in files:
+            if total <= self.max_disk_bytes:
+                break
+            total -= path.stat().st_size
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- the active context
+
+
+@dataclass(frozen=True)
+class _Context:
+    cache: FeatureCache | None
+    per_image: bool
+
+
+_CONTEXT: _Context | None = None
+
+
+@contextmanager
+def active(cache: FeatureCache | None, *, per_image: bool = False) -> Iterator[FeatureStats]:
+    """Within the block, frozen encodings go through ``cache`` (``None``: computed, not cached) and are
+    counted in :data:`STATS`; ``per_image`` encodes every image of a batch alone (the runner's
+    references, in both modes, so that each reference image has one encoding whatever K and seed
+    draw it)."""
+    global _CONTEXT
+    previous = _CONTEXT
+    _CONTEXT = _Context(cache, per_image)
+    try:
+        yield STATS
+    finally:
+        _CONTEXT = previous
+
+
+def frozen_features(
+    owner: nn.Module, operation: Hashable, images: torch.Tensor, parts: Sequence[Hashable], compute: Compute,
+    superset: Sequence[Hashable] | None = None,
+) -> Parts:
+    """``{part: [B, ...]}`` of the frozen ``owner`` on ``images`` ``[B, 3, S, S]``.
+
+    ``compute(images, parts)`` runs the backbone and returns at least the ``parts`` asked for; each
+    part's value must not depend on which other parts are asked for. With a cache active, a miss
+    computes ``superset`` (default ``parts``: e.g. all CNN stages, so SPADE, PaDiM and PatchCore share
+    one pass) and stores every part. Within an :func:`active` context the returned tensors are
+    contiguous, cached or not (a disk entry reads back contiguous); outside one this is exactly
+    ``compute(images, parts)``.
+    """
+    context = _CONTEXT
+    if context is None or torch.is_grad_enabled():
+        return compute(images, parts)
+    if context.per_image and len(images) > 1:
+        single = [frozen_features(owner, operation, images[i : i + 1], parts, compute, superset) for i in range(len(images))]
+        return {part: torch.cat([s[part] for s in single]) for part in parts}
+    label = f"{type(owner).__module__.split('.')[0]}.{type(owner).__name__}/{operation}"
+    cache = context.cache
+    if cache is None or _has_hooks(owner):
+        STATS.encoded[label] += len(images)
+        return _contiguous(compute(images, parts))
+    image_hashes = [_tensor_hash(image) for image in images]
+    entry = _entry_key(owner, operation, compute, images, image_hashes)
+    found = {part: cache.get(_part_key(entry, part), images.device) for part in parts}
+    if all(value is not None for value in found.values()):
+        STATS.served[label] += len(images)
+        return found
+    computed = _contiguous(compute(images, superset or parts))
+    STATS.encoded[label] += len(images)
+    for part, value in computed.items():
+        cache.put(_part_key(entry, part), value)
+    cache.record(f"{fingerprint(owner)}/{operation}", image_hashes)
+    return {part: computed[part] for part in parts}
+
+
+def _contiguous(parts: Parts) -> Parts:
+    return {part: value.contiguous() for part, value in parts.items()}
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Forward hooks (e.g. AGPNet's attention prior on a CLIP block) must see the forward run."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+# ---------------------------------------------------------------------- keys
+
+
+def _digest(*pieces: object) -> str:
+    return hashlib.blake2b(repr(pieces).encode(), digest_size=20).hexdigest()
+
+
+def _tensor_hash(tensor: torch.Tensor) -> str:
+    """Content hash of one tensor: dtype, shape and bytes."""
+    data = tensor.detach().contiguous().cpu()
+    digest = hashlib.blake2b(f"{data.dtype}{tuple(data.shape)}".encode(), digest_size=20)
+    if data.numel():
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def fingerprint(module: nn.Module) -> str:
+    """Content hash of a frozen module: every parameter and buffer (name, dtype, shape, bytes), its
+    ``repr`` (architecture, activation) and its training flag. Recomputed only after a tensor of it
+    is replaced or modified in place."""
+    tensors = list(module.state_dict(keep_vars=True).items())
+    version = (module.training, tuple((name, t.data_ptr(), t._version, t.device.type) for name, t in tensors))
+    memo = _FINGERPRINTS.get(module)
+    if memo is not None and memo[0] == version:
+        return memo[1]
+    digest = hashlib.blake2b(f"{type(module).__qualname__}\n{module!r}\n{module.training}".encode(), digest_size=20)
+    for name, tensor in tensors:
+        digest.update(f"{name}:{_tensor_hash(tensor)}".encode())
+    value = digest.hexdigest()
+    _FINGERPRINTS[module] = (version, value)
+    return value
+
+
+def environment_key(device: torch.device) -> tuple:
+    """What decides the float result of a forward besides weights and inputs: library versions,
+    device (model), CPU threads and autocast state."""
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    autocast = tuple(
+        (kind, torch.is_autocast_enabled(kind), str(torch.get_autocast_dtype(kind))) for kind in ("cpu", "cuda")
+    )
+    return (torch.__version__, *_library_versions(), device.type, hardware, torch.get_num_threads(), autocast)
+
+
+@lru_cache(maxsize=1)
+def _library_versions() -> tuple[str, ...]:
+    """Versions of the libraries that define the backbones' modules."""
+    return tuple(f"{name}=={metadata.version(name)}" for name in ("open_clip_torch", "timm", "torchvision"))
+
+
+def _entry_key(owner: nn.Module, operation: Hashable, compute: Compute, images: torch.Tensor, image_hashes: list[str]) -> str:
+    code = _source_hash(getattr(compute, "__func__", compute).__code__.co_filename)
+    return _digest(fingerprint(owner), operation, code, environment_key(images.device), tuple(image_hashes))
+
+
+@lru_cache(maxsize=None)
+def _source_hash(compute_file: str) -> str:
+    """Hash of the code that computes an entry: the file defining ``compute`` and the backbones'
+    modules (so a disk cache never serves features of an older version of that code)."""
+    files = sorted({Path(compute_file), *Path(__file__).with_name("backbones").glob("*.py")})
+    digest = hashlib.blake2b(digest_size=20)
+    for path in files:
+        digest.update(path.read_bytes() if path.is_file() else path.name.encode())
+    return digest.hexdigest()
+
+
+def _part_key(entry: str, part: Hashable) -> str:
+    return _digest(entry, part)
+
+
+# ---------------------------------------------------------------------- the runner's cache
+
+_RUNNER_CACHES: dict[tuple, FeatureCache] = {}
+
+
+def runner_cache(run_dir: Path) -> FeatureCache | None:
+    """The process-wide cache the runner uses for a profile's results folder ``run_dir``, as
+    :data:`FEATURE_CACHE_ENV` asks: ``memory`` (default), ``disk`` (also under
+    ``run_dir/features``, capped at :data:`FEATURE_CACHE_GB_ENV` GiB) or ``off`` (``None``)."""
+    mode = os.environ.get(FEATURE_CACHE_ENV, "memory").strip().lower() or "memory"
+    if mode not in FEATURE_CACHE_MODES:
+        raise ValueError(f"{FEATURE_CACHE_ENV}={mode!r}; choose one of {FEATURE_CACHE_MODES}")
+    if mode == "off":
+        return None
+    directory = Path(run_dir) / FEATURES_DIRNAME if mode == "disk" else None
+    cap = int(float(os.environ.get(FEATURE_CACHE_GB_ENV, DEFAULT_DISK_GB)) * 2**30)
+    key = (mode, str(directory), cap)
+    if key not in _RUNNER_CACHES:
+        _RUNNER_CACHES[key] = FeatureCache(directory, cap)
+    return _RUNNER_CACHES[key]
