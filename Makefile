@@ -11,7 +11,7 @@ NOTEBOOK ?=
 # pull a multi-GB CUDA download.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install reproduce-all reproduce test test-lib test-notebooks data benchmarks notebooks-refresh clean-results
+.PHONY: install reproduce-all reproduce test test-lib test-notebooks data benchmarks notebooks-refresh report check-report clean-results
 
 install: $(VENV)/.installed
 
@@ -37,7 +37,7 @@ test-lib: install
 	$(PY) -m pytest -q tests
 
 test-notebooks: install
-	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
+	SOWA_PROGRESS=summary $(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
 
 ## Download/verify/extract benchmarks: make data DATASETS=mvtec,visa DATA_ROOT=/data
 data: install
@@ -48,9 +48,19 @@ benchmarks: install
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/methods.py
 
-## Re-execute the committed notebooks in place so that they show current demo outputs.
+## Re-execute the committed notebooks in place so that they show current demo outputs, normalised
+## (no timestamps, absolute paths or volatile metadata: sowa_lib.nbclean).
 notebooks-refresh: install
 	$(PY) notebooks/reproduce.py --profile demo --in-place
+	$(PY) -m sowa_lib.nbclean notebooks/[0-9][0-9]_*.ipynb
+
+## One self-contained HTML report of the study: results/$(PROFILE)/report.html (after reproduce-all).
+report: install
+	$(PY) -m sowa_lib.report --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+
+## Load the report in headless Chromium (Debian: apt-get install chromium); fails on a console error or a missing image.
+check-report: report
+	$(PY) tools/check_report.py results/$(PROFILE)/report.html
 
 clean-results:
 	rm -rf results/$(PROFILE) figures/$(PROFILE)

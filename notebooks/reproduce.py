@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE.parent))
 from sowa_lib.ablations import ablations  # noqa: E402
 from sowa_lib.executors import EXECUTORS  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
+from sowa_lib.nbclean import normalise_file  # noqa: E402
 from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile, prepare  # noqa: E402
 
 
@@ -31,6 +32,16 @@ def numbered_notebooks(only: str | None = None) -> list[Path]:
         if not books:
             raise SystemExit(f"no notebook matches {only!r}; available: {', '.join(b.stem for b in sorted(HERE.glob('[0-9][0-9]_*.ipynb')))}")
     return books
+
+
+def kernel_options() -> dict:
+    """papermill keyword arguments that start each kernel with CurveZMQ keys provisioned by the kernel
+    manager (jupyter_client's ``KernelManager.transport_encryption``), so that ipykernel does not warn
+    "Kernel is running over TCP without encryption" on the terminal; unchanged where pyzmq lacks CURVE."""
+    import zmq
+    from traitlets.config import Config
+
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})} if zmq.has("curve") else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs:
         os.environ["JOBS"] = str(args.jobs)  # the notebooks' kernels inherit it; get_executor reads it
+    os.environ.setdefault("SOWA_PROGRESS", "summary")  # one line per loop in the stored outputs (sowa_lib.progress)
     out_dir = profile.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": args.profile, "data_root": args.data_root, "results_dir": args.results_dir,
@@ -69,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {book.stem} -> {target}", flush=True)
         # in place: the notebooks keep their own (demo) defaults and no injected-parameters cell
         papermill.execute_notebook(str(book), str(target), parameters={} if args.in_place else parameters,
-                                   cwd=str(HERE), progress_bar=False, kernel_name="python3")
+                                   cwd=str(HERE), progress_bar=False, kernel_name="python3", **kernel_options())
+        if args.in_place:
+            normalise_file(target)  # no timestamps, absolute paths or volatile metadata in committed notebooks
         print(f"   {book.stem}: {time.perf_counter() - start:.1f} s", flush=True)
     print(f"reproduce: profile {profile.name}, {len(numbered_notebooks(args.only))} notebook(s) in {time.perf_counter() - total:.1f} s (measured)")
     return 0

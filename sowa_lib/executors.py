@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from tqdm.auto import tqdm
+from sowa_lib.progress import tqdm
 
 
 #: Variables that say where the shared datasets, weights and caches are; forwarded to Ray workers.
