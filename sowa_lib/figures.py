@@ -284,7 +284,8 @@ def variant_bars(results: "pd.DataFrame", method: str, metrics: Sequence[str], p
     return fig
 
 
-STATUS_COLORS = {"within": "#029e73", "outside": "#d55e00"}
+#: Claim judgements in the scatter: colours and markers apart from the method palette.
+STATUS_STYLE = {"within": ("#222222", "o"), "outside": ("#a50026", "x")}
 
 
 def claims_scatter(compared: "pd.DataFrame", paper: str, profile: str, band: float) -> plt.Figure:
@@ -301,9 +302,9 @@ def claims_scatter(compared: "pd.DataFrame", paper: str, profile: str, band: flo
     line = np.array([low, 100.0])
     ax.fill_between(line, line - band, line + band, color="#bbbbbb", alpha=0.5, linewidth=0, label=f"± {band:g} point")
     ax.plot(line, line, color="black", linewidth=0.6, label="reproduced = claimed")
-    for status, color in STATUS_COLORS.items():
+    for status, (color, marker) in STATUS_STYLE.items():
         points = part[part["status"] == status]
-        ax.scatter(points["value"], points["reproduced"], s=12, color=color, alpha=0.8, linewidths=0,
+        ax.scatter(points["value"], points["reproduced"], s=14, color=color, marker=marker, alpha=0.8, linewidths=0.8,
                    label=f"{status} tolerance ({len(points)} claims)")
     ax.set_xlim(low, 100)
     ax.set_ylim(low, 100)
