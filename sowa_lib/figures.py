@@ -38,7 +38,7 @@ METHOD_COLORS = {
 #: PNG resolution: figures are sized in inches for the page, so 100 dpi shows them at display size.
 PNG_DPI = 100
 #: A saved PNG larger than this is shown re-encoded as JPEG (photographs: the sample grids, maps).
-SHOW_MAX_PNG_BYTES = 80_000
+SHOW_MAX_PNG_BYTES = 40_000
 HEAT_LABEL = "anomaly score, min–max normalised per image"
 
 
@@ -84,8 +84,9 @@ def saved_alt_text(path: Path) -> str:
 def show(path: Path | Sequence[Path], width: int | None = None, alt: str = "") -> Any:
     """An ``IPython.display.Image`` of the PNG at ``path`` (or the first ``.png`` of :func:`save`'s
     paths), ``width`` pixels wide (default: its own), with ``alt`` text (default: the description
-    :func:`save` stored). A PNG over :data:`SHOW_MAX_PNG_BYTES` (photographs) is embedded as a JPEG
-    no wider than ``width``, so that notebooks stay small."""
+    :func:`save` stored). A PNG over :data:`SHOW_MAX_PNG_BYTES` is embedded at ``width`` as the smaller
+    of a 64-colour PNG (charts) and a JPEG (photographs, heat maps), so that notebooks stay small;
+    the file on disk keeps its full resolution."""
     from IPython.display import Image
     from PIL import Image as PILImage
 
@@ -98,9 +99,13 @@ def show(path: Path | Sequence[Path], width: int | None = None, alt: str = "") -
     image = PILImage.open(path).convert("RGB")
     if width and image.width > width:
         image = image.resize((width, round(image.height * width / image.width)), PILImage.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80, optimize=True)
-    return Image(data=buffer.getvalue(), format="jpeg", width=width, alt=alt)
+    encoded = {}
+    for kind, picture, options in (("png", image.quantize(64), {"optimize": True}), ("jpeg", image, {"quality": 70, "optimize": True})):
+        buffer = io.BytesIO()
+        picture.save(buffer, format=kind.upper(), **options)
+        encoded[kind] = buffer.getvalue()
+    kind = min(encoded, key=lambda k: len(encoded[k]))
+    return Image(data=encoded[kind], format=kind, width=width, alt=alt)
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:

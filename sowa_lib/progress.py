@@ -10,15 +10,22 @@
 
 ``SOWA_PROGRESS`` (:data:`MODES`) forces a mode: ``notebooks/reproduce.py`` and ``make
 test-notebooks`` set ``summary`` for the kernels they start.
+
+Importing this module also silences tqdm's "IProgress not found" warning, which third-party code
+(huggingface_hub, through timm and open_clip) triggers by importing ``tqdm.auto`` in a kernel
+without ipywidgets; the study's own bars never go through ``tqdm.auto``.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 import sys
+import warnings
 from typing import Any
 
 from tqdm import tqdm as _text_bar
+
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 MODES = ("widget", "text", "summary", "off")
 ENVIRONMENT_VARIABLE = "SOWA_PROGRESS"

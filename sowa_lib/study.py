@@ -18,6 +18,7 @@ import torch
 
 from sowa_lib import data, runs
 from sowa_lib.profiles import REPO_ROOT, Profile, get_profile, prepare
+from sowa_lib.progress import tqdm  # first, so that no third-party tqdm.auto import warns in the notebooks
 
 
 class OpenStudy(NamedTuple):
@@ -101,7 +102,6 @@ def speed_table(study: Profile, categories: dict[str, list[str]], methods: Seque
     from sowa_lib import methods as registry, speed
     from sowa_lib.data.references import draw_references
     from sowa_lib.data.transforms import load_images
-    from sowa_lib.progress import tqdm
 
     dataset = next(iter(categories))
     category, ref = categories[dataset][0], study.datasets[dataset]
