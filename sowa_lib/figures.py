@@ -56,7 +56,7 @@ def title(text: str, profile: str) -> str:
 def alt_text(fig: plt.Figure) -> str:
     """A figure's description for readers who cannot see it: its title on one line."""
     suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
-    return " ".join(suptitle.split("\n")) or " / ".join(ax.get_title() for ax in fig.axes if ax.get_title())
+    return " — ".join(suptitle.split("\n")) or " / ".join(ax.get_title() for ax in fig.axes if ax.get_title())
 
 
 def save(fig: plt.Figure, name: str, out_dir: Path, alt: str | None = None) -> list[Path]:

@@ -94,7 +94,7 @@ def normalise_file(path: Path, repo_root: Path = REPO_ROOT) -> None:
 
     path = Path(path)
     notebook = normalise(json.loads(path.read_text(encoding="utf-8")), repo_root)
-    path.write_text(nbformat.writes(nbformat.from_dict(notebook)), encoding="utf-8")
+    path.write_text(nbformat.writes(nbformat.from_dict(notebook)) + "\n", encoding="utf-8")  # as nbformat.write
 
 
 def problems(path: Path, repo_root: Path = REPO_ROOT) -> list[str]:
