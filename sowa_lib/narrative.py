@@ -107,7 +107,9 @@ def variant_effects(effects: pd.DataFrame, profile: str, threshold: float = 1.0)
     lines = []
     for metric in effects.columns:
         column = effects[metric].dropna()
-        if len(column):
+        if len(column) and column.abs().max() < 0.05:
+            lines.append(f"- {metric_name(metric)}: unchanged by every variant.")
+        elif len(column):
             key = column.abs().idxmax()
             lines.append(f"- {metric_name(metric)}: `{key[1]}` ({method_label(key[0])}, {setting_label(key[2])}) "
                          f"moved it most, {column[key]:+.1f} points.")

@@ -33,6 +33,7 @@ def test_variant_effects_picks_the_largest_change_per_metric() -> None:
     assert "image AUROC: `noise=gaussian` (AGPNet, multi-class (one model for all categories)) moved it most, -7.5 points." in text
     assert "pixel AUPRO: `window=2` (SOWA, few-shot) moved it most, +3.1 points." in text
     assert "1 of 3 variants moved no metric by more than 1 point." in text
+    assert "pixel AUPRO: unchanged by every variant." in narrative.variant_effects(effects.assign(aupro=0.0), "paper")
 
 
 def test_claims_counts_within_and_names_the_farthest_claim() -> None:
