@@ -64,7 +64,7 @@ def test_every_image_is_embedded_decodes_and_has_alt_text(built) -> None:
         assert alt.strip()
     alts = [alt for _, alt in images]
     assert any(alt.startswith("april_gan: scatter of claimed against reproduced values") and "within tolerance" in alt for alt in alts)
-    assert "a line fixture" in alts
+    assert "a line — fixture" in alts  # the title's two lines
 
 
 def test_report_opens_offline(built) -> None:
