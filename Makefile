@@ -16,7 +16,7 @@ NOTEBOOK ?=
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX_URL ?=
 
-.PHONY: install reproduce-all reproduce smoke smoke-ci test test-lib test-notebooks data benchmarks notebooks-refresh clean-results clean-features
+.PHONY: install reproduce-all reproduce smoke smoke-ci test test-lib test-notebooks data benchmarks notebooks-refresh report check-report clean-results clean-features
 
 install: $(VENV)/.installed
 
@@ -58,7 +58,7 @@ test-lib: install
 ## into results/ or figures/.
 test-notebooks: install
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	PYTHONPATH=$(CURDIR) SOWA_RESULTS_DIR=$$tmp/results $(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
+	SOWA_PROGRESS=summary PYTHONPATH=$(CURDIR) SOWA_RESULTS_DIR=$$tmp/results $(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
 
 ## Download/verify/extract benchmarks: make data DATASETS=mvtec,visa DATA_ROOT=/data
 data: install
@@ -74,9 +74,19 @@ else
 	$(PY) benchmarks/methods.py
 endif
 
-## Re-execute the committed notebooks in place so that they show current demo outputs.
+## Re-execute the committed notebooks in place so that they show current demo outputs, normalised
+## (no timestamps, absolute paths or volatile metadata: sowa_lib.nbclean).
 notebooks-refresh: install
 	$(PY) notebooks/reproduce.py --profile demo --in-place
+	$(PY) -m sowa_lib.nbclean notebooks/[0-9][0-9]_*.ipynb
+
+## One self-contained HTML report of the study: results/$(PROFILE)/report.html (after reproduce-all).
+report: install
+	$(PY) -m sowa_lib.report --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+
+## Load the report in headless Chromium (Debian: apt-get install chromium); fails on a console error or a missing image.
+check-report: report
+	$(PY) tools/check_report.py results/$(PROFILE)/report.html
 
 clean-results:
 	rm -rf results/$(PROFILE) figures/$(PROFILE)

@@ -29,6 +29,7 @@ from sowa_lib.ablations import ablations  # noqa: E402
 from sowa_lib.executors import EXECUTORS  # noqa: E402
 from sowa_lib.fingerprint import REUSE_STALE_ENV  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
+from sowa_lib.nbclean import normalise_file  # noqa: E402
 from sowa_lib.profiles import PROFILES, ProfileNotReadyError, check_weights, get_profile, prepare, profile_note  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def execute(book: Path, target: Path, work_dir: Path, parameters: dict) -> None:
     failed = work_dir / f"{book.stem}.failed.ipynb"
     try:
         papermill.execute_notebook(str(book), str(running), parameters=parameters, cwd=str(book.parent),
-                                   progress_bar=False, kernel_name="python3")
+                                   progress_bar=False, kernel_name="python3", **kernel_options())
     except BaseException:
         if running.exists():
             running.replace(failed)
@@ -91,6 +92,16 @@ def _quiet_kernel_shutdown() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     sys.stderr.flush()
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - until exit: finalizers of the torn-down client
+
+
+def kernel_options() -> dict:
+    """papermill keyword arguments that start each kernel with CurveZMQ keys provisioned by the kernel
+    manager (jupyter_client's ``KernelManager.transport_encryption``), so that ipykernel does not warn
+    "Kernel is running over TCP without encryption" on the terminal; unchanged where pyzmq lacks CURVE."""
+    import zmq
+    from traitlets.config import Config
+
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})} if zmq.has("curve") else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["JOBS"] = str(args.jobs)  # the notebooks' kernels inherit it; get_executor reads it
     if args.reuse_stale:
         os.environ[REUSE_STALE_ENV] = "1"  # the kernels inherit it; run_plan reads it
+    os.environ.setdefault("SOWA_PROGRESS", "summary")  # one line per loop in the stored outputs (sowa_lib.progress)
     out_dir = profile.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": args.profile, "data_root": args.data_root, "results_dir": args.results_dir,
@@ -141,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {book.stem} -> {target}", flush=True)
             # in place: the notebooks keep their own (demo) defaults and no injected-parameters cell
             execute(book, target, out_dir, {} if args.in_place else parameters)
+            if args.in_place:
+                normalise_file(target)  # no timestamps, absolute paths or volatile metadata in committed notebooks
             finished.append(book.stem)
             print(f"   {book.stem}: {time.perf_counter() - start:.1f} s", flush=True)
     except (Interrupted, PapermillExecutionError) as err:

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -427,16 +427,27 @@ def predictions(plan: Plan, profile: Profile, dataset: str, category: str, shots
     """The method of ``plan`` (trained, or loaded from the checkpoint its sweep wrote), the test
     samples of one category, its prediction with the run's K-shot references, and the masks at the
     prediction's resolution. For figures, which need the maps that the store does not keep."""
-    spec = runs.RunSpec(profile.name, dataset, category, plan.method, plan.setting, shots, seed, plan.variant)
-    training = training_key(plan, methods.method_class(plan.method).training_data, profile, spec)
+    return next(category_predictions(plan, profile, dataset, [category], shots, seed))
+
+
+def category_predictions(plan: Plan, profile: Profile, dataset: str, categories: Sequence[str], shots: int = 0,
+                         seed: int = 0) -> Iterator[tuple[AnomalyMethod, list[Sample], Prediction, torch.Tensor]]:
+    """:func:`predictions` for each of ``categories`` in turn, building (or loading) the method once
+    per training set rather than once per category."""
     cache = _SampleCache(profile)
-    method, _ = _build_trained(Job(plan, profile, training), cache, progress=False)
-    refs = run_references(plan, profile, spec, cache)
-    parts = run_parts(plan, profile, spec, "mvtec", cache)
-    pred = predict_with_references(method, refs, cache.images(dataset, category, method.image_size, method.normalization, method.interpolation),
-                                   category, profile.batch_size, category_feature_cache(profile, dataset, category),
-                                   **reference_options(method, plan, profile, spec, parts))
-    return method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
+    built: dict[Any, AnomalyMethod] = {}
+    for category in categories:
+        spec = runs.RunSpec(profile.name, dataset, category, plan.method, plan.setting, shots, seed, plan.variant)
+        training = training_key(plan, methods.method_class(plan.method).training_data, profile, spec)
+        if training not in built:
+            built[training] = _build_trained(Job(plan, profile, training), cache, progress=False)[0]
+        method = built[training]
+        refs = run_references(plan, profile, spec, cache)
+        parts = run_parts(plan, profile, spec, "mvtec", cache)
+        pred = predict_with_references(method, refs, cache.images(dataset, category, method.image_size, method.normalization, method.interpolation),
+                                       category, profile.batch_size, category_feature_cache(profile, dataset, category),
+                                       **reference_options(method, plan, profile, spec, parts))
+        yield method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
 
 
 def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: int | None = None, *, n_images: int = 4,

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from tqdm.auto import tqdm
+from sowa_lib.progress import tqdm
 
 from sowa_lib.features import FEATURE_CACHE_ENV, FEATURE_CACHE_GB_ENV
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from sowa_lib.progress import tqdm
 
 from sowa_lib import fingerprint
 from sowa_lib.data.augment import draw_tiles, group_by_defect, mosaic

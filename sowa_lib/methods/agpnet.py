@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
-from tqdm.auto import tqdm
+from sowa_lib.progress import tqdm
 
 from sowa_lib import ops
 from sowa_lib.backbones.clip import ClipBackbone, as_backbone as as_clip_backbone, model_config as clip_model_config
