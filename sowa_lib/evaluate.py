@@ -485,6 +485,7 @@ def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: 
     timing = speed.measure(method, images, references, category, repeats)
     values = {
         "fps": timing["images_per_second"], "seconds_per_image": timing["seconds_per_image"], "ratio": timing["ratio"],
+        "cpu_ratio": timing["cpu_ratio"],
         "params": sum(p.numel() for p in method.parameters() if p.requires_grad) / 1e6,
         "gflops": speed.gflops(lambda: method.predict(images[:1].to(method.device), category)),
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),

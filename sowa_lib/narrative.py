@@ -142,12 +142,12 @@ def claims(compared: pd.DataFrame, profile: str) -> str:
 def speed(speeds: pd.DataFrame, ratios: pd.DataFrame, profile: str) -> str:
     """Fastest and slowest method, each method's cost over its plain backbone forward, and the
     measured SOWA ratios beside the claimed ones (:func:`sowa_lib.study.speed_table`, ``speed_ratios``)."""
-    ordered = speeds.sort_values("images_per_second", ascending=False)
+    ordered = speeds.sort_values("fps", ascending=False)
     fast, slow = ordered.index[0], ordered.index[-1]
     measured = ratios.loc["measured here"]
     claimed = ratios.drop(index="measured here")
-    lines = [f"{method_label(fast)} is the fastest ({ordered.loc[fast, 'images_per_second']:.1f} images/s), "
-             f"{method_label(slow)} the slowest ({ordered.loc[slow, 'images_per_second']:.1f} images/s). "
+    lines = [f"{method_label(fast)} is the fastest ({ordered.loc[fast, 'fps']:.1f} images/s), "
+             f"{method_label(slow)} the slowest ({ordered.loc[slow, 'fps']:.1f} images/s). "
              f"Cost over one plain backbone forward (CPU time): from {speeds['cpu_ratio'].min():.1f}× "
              f"({method_label(speeds['cpu_ratio'].idxmin())}) to {speeds['cpu_ratio'].max():.1f}× "
              f"({method_label(speeds['cpu_ratio'].idxmax())})."]

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from sowa_lib import data, runs
+from sowa_lib.evaluate import Plan, speed_run
 from sowa_lib.profiles import REPO_ROOT, Profile, get_profile, prepare
 from sowa_lib.progress import tqdm  # first, so that no third-party tqdm.auto import warns in the notebooks
 
@@ -96,26 +97,20 @@ def reference_draws(study: Profile, methods: Sequence[str], setting: str = "few_
 # ---------------------------------------------------------------- 05: speed
 
 def speed_table(study: Profile, categories: dict[str, list[str]], methods: Sequence[str], shots: int = 4, n_images: int = 4) -> pd.DataFrame:
-    """:func:`sowa_lib.speed.measure` for each of ``methods`` (built for ``study``'s profile; AGPNet in
-    its few-shot setting) on the first ``n_images`` test images of the first category of the first
-    dataset, with ``shots`` references (seed 0). One row per method, indexed by method."""
-    from sowa_lib import methods as registry, speed
-    from sowa_lib.data.references import draw_references
-    from sowa_lib.data.transforms import load_images
-
+    """Each of ``methods`` timed by :func:`sowa_lib.evaluate.speed_run` (AGPNet in its few-shot
+    setting) on the first ``n_images`` test images of the first category of the first dataset, with
+    ``shots`` references: measured and stored as a run of the results store, or read back from it when
+    a measurement with the same fingerprint (configuration, images, device, threads) is there. One row
+    per method, indexed by method, one column per speed metric (``fps``, ``ratio``, ``cpu_ratio``,
+    ``params``, ``gflops``, ...)."""
     dataset = next(iter(categories))
-    category, ref = categories[dataset][0], study.datasets[dataset]
-    test = data.load(ref.loader, ref.root, category, "test")[:n_images]
-    references = draw_references(data.load(ref.loader, ref.root, category, "train"), shots, seed=0)
+    category = categories[dataset][0]
     rows = []
     for name in tqdm(methods, desc="methods"):
-        options = {"setting": "few_shot"} if name == "agpnet" else {}
-        method = registry.build(name, profile=study.name, **options).to(study.device)
-        timing = speed.measure(method, load_images(test, method.image_size, method.normalization),
-                               load_images(references, method.image_size, method.normalization), category)
-        rows.append({"method": name, "px": method.image_size, **timing})
+        run = speed_run(Plan(name, "few_shot", (dataset,), shots=(shots,)), study, dataset, category, n_images=n_images)
+        rows.append({"method": name, **run.set_index("metric")["value"]})
     table = pd.DataFrame(rows).set_index("method")
-    table.attrs.update(dataset=dataset, category=category, images=len(test), shots=shots, device=study.device,
+    table.attrs.update(dataset=dataset, category=category, images=n_images, shots=shots, device=study.device,
                        threads=torch.get_num_threads())
     return table
 
@@ -129,7 +124,7 @@ def speed_ratios(speeds: pd.DataFrame, reference: str = "sowa", others: Sequence
     fig9 = load_claims("sowa").query("metric == 'fps'").pivot_table(index="dataset", columns="method", values="value")
     columns = [f"{reference} / {m}" for m in others]
     claimed = pd.DataFrame({c: fig9[reference] / fig9[m] for c, m in zip(columns, others)})
-    measured = pd.DataFrame([[float(speeds.loc[reference, "images_per_second"] / speeds.loc[m, "images_per_second"]) for m in others]],
+    measured = pd.DataFrame([[float(speeds.loc[reference, "fps"] / speeds.loc[m, "fps"]) for m in others]],
                             columns=columns, index=["measured here"])
     claimed.index = [f"claimed, {d}" for d in claimed.index]
     return pd.concat([claimed, measured])

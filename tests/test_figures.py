@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.colors import to_rgb
 
-from fabricate import mvtec_tree
+from sowa_lib.data.fabricate import mvtec_tree
 from sowa_lib import data, figures
 from sowa_lib.claims import load_claims
 from sowa_lib.tables import compare
