@@ -114,8 +114,7 @@ SMOKE_DIFFERENCES: dict[str, Any] = {
 SMOKE_METHOD_OPTIONS: dict[str, Any] = {
     "pretrained": None,  # random weights of the real architectures (open_clip, timm, torchvision)
     "epochs": 1,  # April-GAN's 3/15 and AGPNet's 500 epochs; SOWA's is 1 already
-    "few_shot_epochs": 1,  # AGPNet few-shot
-    "few_shot_folds": 8,  # AGPNet few-shot: 8 rotations/flips of K <= 4 references fill one batch of 32
+    "few_shot_epochs": 1,  # AGPNet few-shot (its paper folds: 32 views of each reference, K batches of 32)
 }
 PROFILES = ("demo", "smoke", "paper")
 

@@ -139,9 +139,10 @@ def write_float_tiff(path: Path, array: np.ndarray) -> None:
     pages[0].save(path, format="TIFF", save_all=True, append_images=pages[1:])
 
 
-#: What :func:`fabricate_benchmarks` writes per category: normal train images (enough for K = 4
-#: references drawn without replacement) and one normal and one anomalous test image.
-SMOKE_TRAIN, SMOKE_TEST_GOOD, SMOKE_TEST_DEFECT = 4, 1, 1
+#: What :func:`fabricate_benchmarks` writes per category: normal train images — one full batch of
+#: AGPNet's paper batch size (32), since its loader drops a last partial batch as ViTAD's does, which
+#: also covers K = 4 references drawn without replacement — and one normal and one anomalous test image.
+SMOKE_TRAIN, SMOKE_TEST_GOOD, SMOKE_TEST_DEFECT = 32, 1, 1
 
 
 def fabricate_benchmarks(root: Path) -> dict[str, Path]:
