@@ -78,7 +78,8 @@ class _SampleCache:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self._samples: dict[tuple[str, str, str], list[Sample]] = {}
-        self._tensors: dict[tuple, Any] = {}
+        self._tensors: dict[tuple, torch.Tensor] = {}
+        self._identities: dict[tuple, str] = {}
 
     def samples(self, dataset: str, category: str | None, split: str) -> list[Sample]:
         key = (dataset, category or "*", split)
@@ -96,17 +97,17 @@ class _SampleCache:
     def identity(self, dataset: str, category: str | None, split: str) -> str:
         """What identifies the files of one split: the demo manifest's content hash, else
         :func:`sowa_lib.fingerprint.files_identity` over its images and masks."""
-        key = ("identity", dataset, category or "*", split)
-        if key not in self._tensors:
+        key = (dataset, category or "*", split)
+        if key not in self._identities:
             ref = self.profile.datasets[dataset]
             manifest = demo.manifest_hash(ref.root) if ref.loader == "demo" else None
             if manifest is not None:
-                self._tensors[key] = f"demo:{manifest}"
+                self._identities[key] = f"demo:{manifest}"
             else:
                 samples = self.samples(dataset, category, split)
                 files = [p for s in samples for p in (s.path, s.mask_path) if p is not None]
-                self._tensors[key] = fingerprint.files_identity(files, Path(ref.root))
-        return self._tensors[key]
+                self._identities[key] = fingerprint.files_identity(files, Path(ref.root))
+        return self._identities[key]
 
     def masks(self, dataset: str, category: str, size: int) -> torch.Tensor:
         key = ("mask", dataset, category, size)
