@@ -3,8 +3,8 @@
 A method is an ``nn.Module`` so that ``.to(device)``, ``.eval()`` and state dicts come for free.
 The runner (:mod:`sowa_lib.evaluate`) drives every method the same way::
 
-    method.fit(aux_samples)                 # trains heads/adapters/decoder; no-op when training-free
-    method.set_references(ref_images, cls)  # K normal images, preprocessed like the queries; K = 0 allowed
+    method.fit(aux_samples, context)        # trains heads/adapters/decoder; no-op when training-free
+    method.set_references(ref_images, cls, context)  # K normal images, preprocessed like the queries; K = 0 allowed
     method.clear_references(cls)            # back to zero-shot (K = 0)
     pred = method.predict(images, cls)      # one batch of normalised images [N, 3, S, S]
     pred = method.finalize_category(pred)   # category-level (transductive) step, identity by default
@@ -24,6 +24,22 @@ import torch
 from torch import nn
 
 from sowa_lib.data.sample import Sample
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the runner tells a method about one training or one set of references, instead of the
+    method's signature being read (DESIGN.md, "One face for every method").
+
+    seed: the seed of this training (the runner's per-seed trainings of methods trained on the
+        target, AGPNet); None: the method's own ``seed`` option (the reference implementation's).
+    checkpoint_dir: folder for the epoch snapshots an interrupted training resumes from (None: none).
+    progress: show a progress bar over the training.
+    """
+
+    seed: int | None = None
+    checkpoint_dir: Path | None = None
+    progress: bool = True
 
 
 @dataclass
@@ -93,7 +109,13 @@ class AnomalyMethod(nn.Module):
         them as they convert buffers (DESIGN.md: "cached tensors follow ``.to()``").
     trains_on_references: :meth:`set_references` trains (AGPNet few-shot) instead of only encoding
         the references with the frozen backbone; the runner then neither caches its encodings nor
-        encodes the references one image at a time (:mod:`sowa_lib.features`).
+        encodes the references one image at a time (:mod:`sowa_lib.features`), and gives it a
+        :class:`RunContext` with a checkpoint folder per (dataset, category, K, seed).
+    configured_by_setting: the constructor takes the study ``setting`` (AGPNet: ``multi_class`` /
+        ``one_class`` / ``few_shot``); the runner passes the plan's.
+
+    The runner reads these declarations, and :meth:`draws_references_with_replacement`,
+    :meth:`frozen_forward` and :attr:`weights_id`, never a method's signature.
     """
 
     name: ClassVar[str] = ""
@@ -103,6 +125,7 @@ class AnomalyMethod(nn.Module):
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     cached: ClassVar[tuple[str, ...]] = ()
     trains_on_references: ClassVar[bool] = False
+    configured_by_setting: ClassVar[bool] = False
 
     image_size: int
 
@@ -121,18 +144,17 @@ class AnomalyMethod(nn.Module):
                 setattr(self, name, _map_tensors(fn, self.__dict__[name]))
         return self
 
-    def fit(
-        self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True
-    ) -> dict[str, Any]:
+    def fit(self, samples: Sequence[Sample], context: RunContext = RunContext()) -> dict[str, Any]:
         """Train on ``samples`` (see ``training_data``); returns a log such as ``{"loss": [...]}``.
 
-        Methods that train for long save their learned weights under ``checkpoint_dir`` and resume
-        from the last checkpoint there after an interruption.
+        Methods that train for long save their learned weights under ``context.checkpoint_dir`` and
+        resume from the last checkpoint there after an interruption.
         """
         return {}
 
-    def set_references(self, images: torch.Tensor, category: str) -> None:
-        """Store the K normal reference images of ``category`` ([K,3,S,S]; K may be 0)."""
+    def set_references(self, images: torch.Tensor, category: str, context: RunContext | None = None) -> None:
+        """Store the K normal reference images of ``category`` ([K,3,S,S]; K may be 0). ``context``
+        matters only to methods that train on them (``trains_on_references``)."""
         if len(images):
             raise NotImplementedError(f"{self.name} has no few-shot mode")
 
@@ -140,6 +162,23 @@ class AnomalyMethod(nn.Module):
         """Forget the references: zero-shot from now on (``set_references`` with an empty batch)."""
         size = self.image_size
         self.set_references(torch.empty(0, 3, size, size, dtype=self.dtype, device=self.device), category)
+
+    @classmethod
+    def draws_references_with_replacement(cls, config: dict[str, Any]) -> bool:
+        """The reference sampling law of configuration ``config`` (:meth:`config`): False, the draw
+        shared by every method (without replacement); April-GAN's reference code samples with it."""
+        return False
+
+    def frozen_forward(self, images: torch.Tensor) -> Any:
+        """One plain forward of the frozen backbone at the method's resolution: what
+        :mod:`sowa_lib.speed` times a ``predict`` against."""
+        raise NotImplementedError(f"{type(self).__name__} declares no frozen backbone forward")
+
+    @property
+    def weights_id(self) -> str:
+        """What identifies the frozen backbone's weights (architecture and pretrained tag, or a
+        checkpoint's hash, or ``random``), recorded with every run."""
+        raise NotImplementedError(f"{type(self).__name__} declares no weights_id")
 
     def predict(self, images: torch.Tensor, category: str) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError
