@@ -5,8 +5,8 @@ weights, and the ratio to one plain backbone forward at the same resolution.
 
 One row per :class:`Entry` in :data:`ENTRIES`; add a method by appending an entry (its registry name,
 build overrides for the paper-shape model with ``pretrained=None``, the number of shots, and the
-paper's efficiency claim if any; the plain backbone forward is
-:func:`sowa_lib.speed.plain_forward`). ``--quick`` runs one image and the ``quick`` overrides (smaller
+paper's efficiency claim if any; the plain backbone forward is the one the method declares,
+:meth:`~sowa_lib.methods.base.AnomalyMethod.frozen_forward`). ``--quick`` runs one image and the ``quick`` overrides (smaller
 resolutions where the paper's is expensive), so the whole table takes a few minutes.
 Timing protocol: :func:`sowa_lib.speed.measure` (batch 1, references and text features set before
 timing, warm-up excluded).

@@ -44,7 +44,8 @@ def _sowa(profile: str) -> list[Ablation]:
     layer_sets = ((0, 1, 3), (1, 2)) if demo else ((0, 11, 23), (6, 12, 18))  # default: all taps / (5, 11, 17, 23)
     prompt_lengths = (8, 24) if demo else (8, 16, 24)  # default 12
     knobs = [Ablation("sowa", f"window={w}", {"window": w}, "zero_shot", "knob") for w in windows]
-    knobs += [Ablation("sowa", f"layers={','.join(map(str, layers))}", {"layers": layers}, "zero_shot", "knob") for layers in layer_sets]
+    # variant names keep the study's published labels (runs, tables); the option is ``taps``
+    knobs += [Ablation("sowa", f"layers={','.join(map(str, taps))}", {"taps": taps}, "zero_shot", "knob") for taps in layer_sets]
     knobs += [Ablation("sowa", f"prompt_length={n}", {"prompt_length": n}, "zero_shot", "knob") for n in prompt_lengths]
     knobs += [Ablation("sowa", f"attn_drop={p}", {"attn_drop": p}, "zero_shot", "knob") for p in (0.0, 0.2)]  # default 0.1
     knobs += [
@@ -72,7 +73,7 @@ def _sowa(profile: str) -> list[Ablation]:
                  note="training masks binarised as at test time, not dilated"),
         Ablation("sowa", "mosaic_label_fix", {"mosaic_label_fix": True}, "zero_shot", "switch", dataset_role="visa",
                  note="the mosaic only runs when training on MVTec, i.e. for the VisA target"),
-        Ablation("sowa", "fewshot_image_score=raw", {"fewshot_image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
+        Ablation("sowa", "fewshot_image_score=raw", {"image_score": "raw"}, "few_shot", "switch", (4,), note="no transductive min-max"),
         Ablation("sowa", "memory_features=adapted", {"memory_features": "adapted"}, "few_shot", "switch", (4,)),
         Ablation("sowa", "epochs=5,lr_schedule=none", {"epochs": 5, "lr_schedule": "none"}, "zero_shot", "switch",
                  note="no ReduceLROnPlateau; compare with epochs=5 (at the default 1 epoch the schedule is a no-op)"),

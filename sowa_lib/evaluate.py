@@ -12,7 +12,6 @@ derived without building the method); otherwise it is moved aside and recomputed
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import time
@@ -29,8 +28,8 @@ from sowa_lib.data import demo
 from sowa_lib.data.references import draw_references
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
-from sowa_lib.methods.base import AnomalyMethod, Prediction, plain_options
-from sowa_lib.profiles import Profile
+from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext, plain_options
+from sowa_lib.profiles import Profile, auxiliary_training_options
 from sowa_lib.training import StaleCheckpointError, claim_snapshot_dir, load_checkpoint, save_checkpoint
 
 
@@ -122,12 +121,14 @@ def checkpoint_path(profile: Profile, plan: Plan, training_set: str, seed: int) 
     return profile.run_dir / "checkpoints" / plan.method / plan.variant / f"{training_set}_seed{seed}.pt"
 
 
-def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, parts: dict[str, Any], progress: bool) -> dict[str, Any]:
+def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, parts: dict[str, Any], seed: int | None,
+                  progress: bool) -> dict[str, Any]:
     """Fit ``method`` on ``samples`` unless ``ckpt`` holds its trained weights saved with the same
-    fingerprint ``parts`` (:func:`training_parts`); save them after. A checkpoint or a snapshot folder
-    of another fingerprint is moved aside (``*.stale-<time>``) with a warning naming what differs.
-    The training's epoch snapshots (``ckpt.parts/``, what an interrupted fit resumes from) are removed
-    once ``ckpt`` is written: a completed training is only ever loaded."""
+    fingerprint ``parts`` (:func:`training_parts`); save them after. The fit gets a
+    :class:`RunContext` with ``seed`` (None: the method's own), ``progress`` and the snapshot folder
+    ``ckpt.parts/``: the epoch snapshots an interrupted fit resumes from, removed once ``ckpt`` is
+    written (a completed training is only ever loaded). A checkpoint or a snapshot folder of another
+    fingerprint is moved aside (``*.stale-<time>``) with a warning naming what differs."""
     snapshots = ckpt.with_suffix(".parts")
     if ckpt.is_file():
         try:
@@ -137,7 +138,7 @@ def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, 
         except StaleCheckpointError as err:
             warnings.warn(f"{err}: moved to {fingerprint.set_aside(ckpt).name}", stacklevel=2)
     claim_snapshot_dir(snapshots, parts)
-    log = method.fit(samples, checkpoint_dir=snapshots, progress=progress)
+    log = method.fit(samples, RunContext(seed=seed, checkpoint_dir=snapshots, progress=progress))
     save_checkpoint(ckpt, parts, method.trainable_state_dict())
     ckpt.with_suffix(".log.json").write_text(json.dumps(log, default=float))
     shutil.rmtree(snapshots, ignore_errors=True)
@@ -155,16 +156,17 @@ def category_feature_cache(profile: Profile, dataset: str, category: str) -> fea
 
 def predict_with_references(
     method: AnomalyMethod, references: Sequence[Sample], images: torch.Tensor, category: str, batch_size: int,
-    feature_cache: features.FeatureCache | None, **reference_kwargs: Any,
+    feature_cache: features.FeatureCache | None, context: RunContext | None = None,
 ) -> Prediction:
-    """:func:`use_references` then :func:`predict_category`, their frozen encodings through
-    ``feature_cache`` (None: computed, not cached; the results are bit-identical either way). The
-    references are encoded one image at a time, in both modes, unless the method trains on them."""
+    """:func:`use_references` (with ``context``, :func:`reference_options`) then
+    :func:`predict_category`, their frozen encodings through ``feature_cache`` (None: computed, not
+    cached; the results are bit-identical either way). The references are encoded one image at a
+    time, in both modes, unless the method trains on them."""
     if method.trains_on_references:
-        use_references(method, references, category, reference_kwargs)
+        use_references(method, references, category, context)
     else:
         with features.active(feature_cache, per_image=True):
-            use_references(method, references, category, reference_kwargs)
+            use_references(method, references, category, context)
     with features.active(feature_cache):
         return predict_category(method, images, category, batch_size)
 
@@ -235,23 +237,27 @@ def make_jobs(plan: Plan, profile: Profile, todo: list[runs.RunSpec], aupro_vari
     return train_jobs, eval_jobs
 
 
-def method_options(plan: Plan, training: tuple[str, str | None, int] | None) -> dict[str, Any]:
-    """The plan's overrides, plus ``setting`` for methods whose constructor takes one (AGPNet:
-    multi-class / one-class / few-shot) and the training seed for methods trained on the target."""
+def method_options(plan: Plan, profile: Profile, training: tuple[str, str | None, int] | None) -> dict[str, Any]:
+    """The plan's overrides, plus the study ``setting`` for methods configured by it
+    (``configured_by_setting``: AGPNet) and, for a method trained on an auxiliary dataset, the
+    reference's training options for that set (:func:`sowa_lib.profiles.auxiliary_training_options`)
+    that neither the plan nor the method's profile options set. The seed of a training on the target
+    is not an option: :func:`_build_trained` gives it in the :class:`RunContext`."""
     cls = methods.method_class(plan.method)
-    accepted = inspect.signature(cls.__init__).parameters
     options = dict(plan.overrides)
-    if "setting" in accepted:
+    if cls.configured_by_setting:
         options.setdefault("setting", plan.setting)
-    if training is not None and cls.training_data == "target" and "seed" in accepted:
-        options["seed"] = training[2]
+    if training is not None and cls.training_data == "auxiliary":
+        preset = methods.profile_options(cls, profile.name)
+        schedule = auxiliary_training_options(profile.name, plan.method, training[0])
+        options.update({k: v for k, v in schedule.items() if k not in options and k not in preset})
     return options
 
 
 def planned_config(plan: Plan, profile: Profile, training: tuple[str, str | None, int] | None) -> dict[str, Any]:
     """The configuration (JSON-able) that the method of ``plan`` is built with for ``training``,
     derived without building it (:func:`sowa_lib.methods.configuration`)."""
-    return plain_options(methods.configuration(plan.method, profile.name, **method_options(plan, training)))
+    return plain_options(methods.configuration(plan.method, profile.name, **method_options(plan, profile, training)))
 
 
 def _training_split(plan: Plan) -> str:
@@ -283,7 +289,7 @@ def run_parts(plan: Plan, profile: Profile, spec: runs.RunSpec, aupro_variant: s
 
 def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[AnomalyMethod, dict[str, Any]]:
     """Build the job's method and train it, or load the checkpoint an earlier job wrote."""
-    overrides = method_options(job.plan, job.training)
+    overrides = method_options(job.plan, job.profile, job.training)
     method = methods.build(job.plan.method, profile=job.profile.name, **overrides).to(job.profile.device)
     log: dict[str, Any] = {}
     if job.training is not None:
@@ -291,7 +297,8 @@ def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[Ano
         name = train_set if category is None else f"{train_set}-{category}"
         parts = training_parts(job.plan, job.profile, job.training, cache)
         log = train_or_load(method.train(), cache.samples(train_set, category, _training_split(job.plan)),
-                            checkpoint_path(job.profile, job.plan, name, seed), parts, progress)
+                            checkpoint_path(job.profile, job.plan, name, seed), parts,
+                            seed if method.training_data == "target" else None, progress)
     return method.eval(), log
 
 
@@ -367,33 +374,39 @@ def references(cache: _SampleCache, dataset: str, category: str, shots: int, see
     return draw_references(cache.samples(dataset, category, "train"), shots, seed, replacement=replacement)
 
 
-def reference_options(method: AnomalyMethod, plan: Plan, profile: Profile, spec: runs.RunSpec, parts: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of ``set_references`` for methods that train on the references (AGPNet
-    few-shot): a checkpoint folder per (dataset, category, K, seed), claimed for the run's
-    configuration and reference files (``parts``), so that training resumes only from its own."""
-    if "checkpoint_dir" not in inspect.signature(method.set_references).parameters or spec.shots == 0:
-        return {}
+def reference_options(method: AnomalyMethod, plan: Plan, profile: Profile, spec: runs.RunSpec, parts: dict[str, Any]) -> RunContext | None:
+    """The :class:`RunContext` of ``set_references`` for a method that trains on its K > 0 references
+    (``trains_on_references``: AGPNet few-shot): a checkpoint folder per (dataset, category, K, seed),
+    claimed for the run's configuration and reference files (``parts``), so that training resumes
+    only from its own. None for every other method and for K = 0."""
+    if not method.trains_on_references or spec.shots == 0:
+        return None
     name = f"{spec.dataset}-{spec.category}-k{spec.shots}"
     directory = checkpoint_path(profile, plan, name, spec.seed).with_suffix(".parts")
     claim_snapshot_dir(directory, {k: parts[k] for k in ("config", "references", "code")})
-    return {"checkpoint_dir": directory}
+    return RunContext(checkpoint_dir=directory, progress=False)
 
 
 def run_references(plan: Plan, profile: Profile, spec: runs.RunSpec, cache: _SampleCache) -> list[Sample]:
-    """:func:`references` of ``spec`` with the sampling law of ``plan``'s method configuration."""
+    """:func:`references` of ``spec`` with the sampling law of ``plan``'s method configuration
+    (:meth:`~sowa_lib.methods.base.AnomalyMethod.draws_references_with_replacement`)."""
     cls = methods.method_class(plan.method)
     config = planned_config(plan, profile, training_key(plan, cls.training_data, profile, spec))
-    replacement = config.get("reference_replacement", getattr(cls, "reference_replacement", False))
-    return references(cache, spec.dataset, spec.category, spec.shots, spec.seed, bool(replacement))
+    replacement = cls.draws_references_with_replacement(config)
+    return references(cache, spec.dataset, spec.category, spec.shots, spec.seed, replacement)
 
 
-def use_references(method: AnomalyMethod, refs: Sequence[Sample], category: str, options: dict[str, Any]) -> None:
-    """``set_references`` with the K loaded references, or ``clear_references`` for zero-shot (K = 0)."""
+def use_references(method: AnomalyMethod, refs: Sequence[Sample], category: str, context: RunContext | None = None) -> None:
+    """``set_references`` with the K loaded references (and ``context``, given to methods that train
+    on them), or ``clear_references`` for zero-shot (K = 0)."""
     if not refs:
         method.clear_references(category)
         return
     images = load_images(refs, method.image_size, method.normalization, method.interpolation).to(device=method.device, dtype=method.dtype)
-    method.set_references(images, category, **options)
+    if context is None:
+        method.set_references(images, category)
+    else:
+        method.set_references(images, category, context)
 
 
 def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _SampleCache, training_log: dict) -> Path:
@@ -405,7 +418,7 @@ def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _Sample
     start = time.perf_counter()
     pred = predict_with_references(method, refs, cache.images(spec.dataset, spec.category, size, norm, method.interpolation), spec.category,
                                    profile.batch_size, features.runner_cache(profile.run_dir),
-                                   **reference_options(method, job.plan, profile, spec, parts))
+                                   reference_options(method, job.plan, profile, spec, parts))
     seconds = time.perf_counter() - start
     labels = torch.tensor([s.label for s in test])
     values, reasons = score_category(pred, labels, cache.masks(spec.dataset, spec.category, pred.maps.shape[-1]), job.aupro_variant)
@@ -415,7 +428,7 @@ def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _Sample
         reasons=reasons,
         references=[r.relpath for r in refs],
         config=config,
-        provenance=runs.provenance(weights=str(config.get("pretrained", "")), device=str(profile.device)),
+        provenance=runs.provenance(weights=method.weights_id, device=str(profile.device)),
         seconds=seconds,
         n_test=len(test),
         training={k: v for k, v in training_log.items() if not isinstance(v, list)},
@@ -447,7 +460,7 @@ def category_predictions(plan: Plan, profile: Profile, dataset: str, categories:
         parts = run_parts(plan, profile, spec, "mvtec", cache)
         pred = predict_with_references(method, refs, cache.images(dataset, category, method.image_size, method.normalization, method.interpolation),
                                        category, profile.batch_size, category_feature_cache(profile, dataset, category),
-                                       **reference_options(method, plan, profile, spec, parts))
+                                       reference_options(method, plan, profile, spec, parts))
         yield method, cache.samples(dataset, category, "test"), pred, cache.masks(dataset, category, pred.maps.shape[-1])
 
 
@@ -476,7 +489,7 @@ def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: 
     reuse_stale = fingerprint.reuse_stale_default() if reuse_stale is None else reuse_stale
     if _reusable(spec, parts, profile, reuse_stale):
         return runs.load_results(profile.run_dir, [spec])
-    method = methods.build(plan.method, profile=profile.name, **method_options(plan, None)).to(profile.device)
+    method = methods.build(plan.method, profile=profile.name, **method_options(plan, profile, None)).to(profile.device)
     size, norm = method.image_size, method.normalization
     images = load_images(cache.samples(dataset, category, "test")[:n_images], size, norm, method.interpolation)
     references = load_images(run_references(plan, profile, spec, cache), size, norm, method.interpolation)
@@ -494,6 +507,6 @@ def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: 
     reasons = {} if cuda else {"peak_memory_gb": "measured on CUDA only (benchmarks/methods.py measures a CPU process's peak)"}
     config = method.plain_config()
     runs.write_run(profile.run_dir, spec, values, reasons=reasons, references=parts["references"], config=config,
-                   provenance=runs.provenance(weights=str(config.get("pretrained", "")), device=str(profile.device)),
+                   provenance=runs.provenance(weights=method.weights_id, device=str(profile.device)),
                    n_images=len(images), fingerprint_parts=parts)
     return runs.load_results(profile.run_dir, [spec])

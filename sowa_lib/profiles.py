@@ -62,6 +62,25 @@ def dataset_for_role(profile: str, role: str) -> str:
     return DATASET_ROLES.get(profile, {}).get(role, role)
 
 
+#: Training options of the methods trained on an auxiliary dataset, by (method, paper dataset trained
+#: on): the reference schedules, which depend on the auxiliary set (study protocol, not method code).
+#: April-GAN (april_gan_winclip_peers §1.7): 3 epochs with mosaic rate 0.2 on MVTec AD, 15 epochs
+#: without mosaic on VisA. SOWA (sowa §2.4): mosaics (rate 0.2) when training on MVTec AD only.
+AUXILIARY_TRAINING: dict[tuple[str, str], dict[str, Any]] = {
+    ("april_gan", "mvtec"): {"epochs": 3, "mosaic_rate": 0.2},
+    ("april_gan", "visa"): {"epochs": 15, "mosaic_rate": 0.0},
+    ("sowa", "mvtec"): {"mosaic_rate": 0.2},
+    ("sowa", "visa"): {"mosaic_rate": 0.0},
+}
+
+
+def auxiliary_training_options(profile: str, method: str, auxiliary: str) -> dict[str, Any]:
+    """:data:`AUXILIARY_TRAINING` of ``method`` trained on dataset ``auxiliary`` of ``profile``, looked
+    up by the paper dataset whose role it plays (:data:`DATASET_ROLES`); empty when none is listed."""
+    role = {dataset: paper for paper, dataset in DATASET_ROLES.get(profile, {}).items()}.get(auxiliary, auxiliary)
+    return dict(AUXILIARY_TRAINING.get((method, role), {}))
+
+
 # Cross-dataset protocol (sowa spec §2.1; april_gan_winclip_peers §1.7): train on the auxiliary
 # dataset's test split. MVTec-AD is the auxiliary set of every target but itself (SOWA's scripts).
 PAPER_AUXILIARY = {"mvtec": "visa", "visa": "mvtec", "btad": "mvtec", "dagm": "mvtec", "dtd_synthetic": "mvtec", "mvtec3d": "mvtec"}

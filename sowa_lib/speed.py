@@ -4,7 +4,8 @@ resolution (issue: notebook 05 and ``benchmarks/methods.py``).
 Protocol (sowa spec §4.4, "re-measure under stated, identical settings"): references set and text
 features computed before timing (one untimed warm-up ``predict``), then the best of ``repeats``
 timed calls, the method and the plain forward alternating; no visualisation, no data loading, the
-category-level step excluded.
+category-level step excluded. The plain forward is the one each method declares,
+:meth:`~sowa_lib.methods.base.AnomalyMethod.frozen_forward`.
 """
 from __future__ import annotations
 
@@ -12,21 +13,9 @@ import time
 from typing import Any, Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sowa_lib.methods.base import AnomalyMethod
-
-
-def plain_forward(method: AnomalyMethod, images: torch.Tensor) -> Any:
-    """One plain forward of ``method``'s frozen backbone: CLIP image encoder (WinCLIP, April-GAN,
-    SOWA), timm ViT features (AGPNet) or the CNN through its last stage (SPADE, PaDiM, PatchCore)."""
-    if hasattr(method, "clip"):
-        return method.clip.encode_image(images)
-    extractor = getattr(method, "extractor", None)
-    if extractor is not None and hasattr(getattr(extractor, "backbone", None), "model"):
-        return extractor.backbone.model.forward_features(images)
-    if hasattr(method, "backbone"):
-        return method.backbone(images, ("layer4",))
-    raise TypeError(f"no plain backbone forward known for {type(method).__name__}")
 
 
 def timed_call(run: Callable[[], Any]) -> tuple[float, float]:
@@ -53,10 +42,10 @@ def measure(method: AnomalyMethod, images: torch.Tensor, references: torch.Tenso
     method.set_references(references, category)
     best = {"predict": (float("inf"), float("inf")), "plain": (float("inf"), float("inf"))}
     calls = {"predict": lambda: [method.predict(x[None], category) for x in images],
-             "plain": lambda: [plain_forward(method, x[None]) for x in images]}
+             "plain": lambda: [method.frozen_forward(x[None]) for x in images]}
     with torch.no_grad():
         method.predict(images[:1], category)  # warm-up: text features, allocator, kernels
-        plain_forward(method, images[:1])
+        method.frozen_forward(images[:1])
         for _ in range(repeats):
             for name, call in calls.items():
                 wall, cpu = timed_call(call)
@@ -69,8 +58,6 @@ def measure(method: AnomalyMethod, images: torch.Tensor, references: torch.Tenso
 @torch.no_grad()
 def gflops(call: Callable[[], Any]) -> float:
     """GFLOPs of one ``call``, counted by ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         call()
     return counter.get_total_flops() / 1e9

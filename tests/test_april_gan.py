@@ -16,8 +16,9 @@ from sowa_lib.data import demo, load
 from sowa_lib.data.augment import draw_tiles, group_by_defect, mosaic
 from sowa_lib.data.transforms import load_images
 from sowa_lib.methods import build
-from sowa_lib.methods.april_gan import SCHEDULE_BY_AUXILIARY, AprilGAN
-from sowa_lib.methods.base import Prediction
+from sowa_lib.methods.april_gan import AprilGAN
+from sowa_lib.methods.base import Prediction, RunContext
+from sowa_lib.profiles import AUXILIARY_TRAINING, auxiliary_training_options
 from sowa_lib.methods.fewshot import few_shot_image_scores, finalize_few_shot
 from sowa_lib.prompts import APRIL_GAN
 from sowa_lib.training import TrainingSchedule, epoch_rng, load_training_batch
@@ -28,7 +29,7 @@ SIZE = 56
 
 def tiny_april_gan(**options):
     clip = load_clip("tiny-clip", image_size=SIZE, quick_gelu=False, seed=0)
-    defaults = {"image_size": SIZE, "layers": (0, 1, 2, 3), "epochs": 2, "mosaic_rate": 0.2}
+    defaults = {"image_size": SIZE, "taps": (0, 1, 2, 3), "epochs": 2, "mosaic_rate": 0.2}
     return build("april_gan", backbone=clip, **{**defaults, **options})
 
 
@@ -45,7 +46,7 @@ def auxiliary(demo_roots):
 def test_layer_maps_upsample_logits_before_softmax():
     method = tiny_april_gan()
     text = method.text_features("bottle")
-    _, taps = method.clip.encode_image(torch.randn(1, 3, SIZE, SIZE), method.layers)
+    _, taps = method.clip.encode_image(torch.randn(1, 3, SIZE, SIZE), method.taps)
     probabilities = method.layer_probabilities(taps, text)
     assert len(probabilities) == 4 and probabilities[0].shape == (1, 2, SIZE, SIZE)
     tokens = torch.nn.functional.normalize(method.heads[2](taps[2][:, 1:]), dim=-1)
@@ -66,14 +67,18 @@ def test_heads_are_the_only_trainable_weights_and_seeded():
     assert all(torch.equal(state[f"heads.{i}.weight"], head.weight) for i, head in enumerate(expected))
 
 
-def test_reference_schedule_follows_the_auxiliary_dataset(auxiliary):
-    method = tiny_april_gan(epochs=None, mosaic_rate=None)
+def test_reference_schedule_is_the_profiles_by_auxiliary_dataset_and_the_method_only_reads_options(auxiliary):
+    """§1.7: 3 epochs with mosaic 0.2 on MVTec AD, 15 without on VisA; the demo's auxiliary sets play
+    those roles. The method reads its ``epochs``/``mosaic_rate`` options, whatever the samples' dataset."""
+    assert auxiliary_training_options("paper", "april_gan", "mvtec") == {"epochs": 3, "mosaic_rate": 0.2}
+    assert auxiliary_training_options("paper", "april_gan", "visa") == {"epochs": 15, "mosaic_rate": 0.0}
+    assert auxiliary_training_options("demo", "april_gan", "demo_b") == AUXILIARY_TRAINING[("april_gan", "visa")]
+    assert auxiliary_training_options("paper", "april_gan", "btad") == {}
     as_mvtec = [dataclasses.replace(s, dataset="mvtec") for s in auxiliary]
-    as_visa = [dataclasses.replace(s, dataset="visa") for s in auxiliary]
-    assert (method.schedule(as_mvtec).epochs, method.schedule(as_mvtec).mosaic_rate) == (3, 0.2)
-    assert (method.schedule(as_visa).epochs, method.schedule(as_visa).mosaic_rate) == (15, 0.0)
-    with pytest.raises(ValueError, match="epochs="):
-        method.schedule(auxiliary)
+    schedule = tiny_april_gan(epochs=15, mosaic_rate=0.0).schedule(seed=111)
+    assert (schedule.epochs, schedule.mosaic_rate, schedule.seed) == (15, 0.0, 111)
+    with pytest.raises(ValueError, match="epochs= and mosaic_rate="):
+        tiny_april_gan(epochs=None, mosaic_rate=None).fit(as_mvtec, RunContext(progress=False))
 
 
 def test_training_reduces_the_loss_and_resumes_exactly(auxiliary, tmp_path):
@@ -81,7 +86,7 @@ def test_training_reduces_the_loss_and_resumes_exactly(auxiliary, tmp_path):
     fixed = load_training_batch(auxiliary[:8], group_by_defect(auxiliary), random.Random(0), image_size=SIZE, normalization="clip", mosaic_rate=0.0)
     with torch.no_grad():
         before = method.training_loss(fixed).item()
-    log = method.fit(auxiliary, checkpoint_dir=tmp_path, progress=False)
+    log = method.fit(auxiliary, RunContext(checkpoint_dir=tmp_path, progress=False))
     with torch.no_grad():
         after = method.training_loss(fixed).item()
     assert after < before and len(log["loss"]) == 2 * 2  # 16 samples, batch 8, 2 epochs
@@ -91,7 +96,7 @@ def test_training_reduces_the_loss_and_resumes_exactly(auxiliary, tmp_path):
     assert (group["lr"], tuple(group["betas"]), group["weight_decay"]) == (1e-3, (0.5, 0.999), 0)
     (tmp_path / "epoch_001.pt").unlink()  # interrupted after epoch 0: the resumed run redoes epoch 1
     resumed = tiny_april_gan()
-    resumed_log = resumed.fit(auxiliary, checkpoint_dir=tmp_path, progress=False)
+    resumed_log = resumed.fit(auxiliary, RunContext(checkpoint_dir=tmp_path, progress=False))
     assert resumed_log["loss"] == pytest.approx(log["loss"])
     assert all(torch.allclose(v, method.trainable_state_dict()[k]) for k, v in resumed.trainable_state_dict().items())
 
@@ -169,12 +174,13 @@ def test_defaults_are_the_reference_settings():
     assert defaults == {
         "backbone": "ViT-L-14-336",
         "pretrained": "openai",
+        "backbone_checkpoint": None,  # the CLIP weights of the tag, not of a local file
         "image_size": 518,
-        "layers": (5, 11, 17, 23),  # 0-based: the paper's blocks 6/12/18/24 (§1.2)
+        "taps": (5, 11, 17, 23),  # 0-based: the paper's blocks 6/12/18/24 (§1.2)
         "activation": "gelu",  # the 518-px path's exact GELU (§1.1)
         "image_score": "transductive_minmax",
         "reference_replacement": True,
-        "epochs": None,
+        "epochs": None,  # by auxiliary dataset: profiles.AUXILIARY_TRAINING
         "mosaic_rate": None,
         "batch_size": 8,
         "learning_rate": 1e-3,
@@ -185,7 +191,8 @@ def test_defaults_are_the_reference_settings():
         "round_fp16": True,  # the OpenAI loader builds in fp16 before loading
         "checkpoint": None,  # trained heads are ours unless a file is given (the authors' or ours)
     }
-    assert SCHEDULE_BY_AUXILIARY == {"mvtec": (3, 0.2), "visa": (15, 0.0)}
+    assert AprilGAN.draws_references_with_replacement({"reference_replacement": True})  # torch.randint (§1.6)
+    assert not AprilGAN.draws_references_with_replacement({"reference_replacement": False})
 
 
 # ---------------------------------------------------------------------------- hand-composed reference
@@ -212,7 +219,7 @@ def to_image(patch_values: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def april_gan_by_hand(method, images, references, category):
-    clip, layers = method.clip, method.layers
+    clip, layers = method.clip, method.taps
     sentences = [APRIL_GAN.sentences(category, abnormal) for abnormal in (False, True)]
     groups = [F.normalize(clip.model.encode_text(clip.tokenize(group)), dim=-1) for group in sentences]
     text = torch.stack([F.normalize(g.mean(dim=0), dim=0) for g in groups])  # [2, D]

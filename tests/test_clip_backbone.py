@@ -1,6 +1,7 @@
 """ClipBackbone on the tiny random CLIP: taps, CLS embedding, text paths, position resize, loading."""
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
@@ -110,8 +111,20 @@ def test_local_state_dict_and_torchscript_archive_load(tmp_path):
     traced.save(str(tmp_path / "tiny_jit.pt"))  # the OpenAI releases are TorchScript archives
     images = torch.randn(1, 3, 112, 112)
     for path in ("tiny.pt", "tiny_jit.pt"):  # a TorchScript archive is rounded through fp16 by default (next test)
-        loaded = load_clip("tiny-clip", str(tmp_path / path), quick_gelu=True, seed=4, round_fp16=False)
+        loaded = load_clip("tiny-clip", checkpoint=str(tmp_path / path), quick_gelu=True, seed=4, round_fp16=False)
         assert torch.equal(loaded.encode_image(images)[0], source.encode_image(images)[0])
+        digest = hashlib.sha256((tmp_path / path).read_bytes()).hexdigest()
+        assert loaded.weights_id == f"tiny-clip:file:{digest[:12]}"
+
+
+def test_weights_id_names_the_tag_the_file_or_random(tmp_path):
+    """The glossary's ``weights_id``, recorded by every run; ``pretrained`` is a tag, a file is ``checkpoint``."""
+    assert load_clip("tiny-clip", None, quick_gelu=False).weights_id == "tiny-clip:random"
+    assert build("winclip", profile="demo").weights_id == "tiny-clip-b16:random"
+    with pytest.raises(WeightsNotFoundError, match="checkpoint="):
+        load_clip("tiny-clip", str(tmp_path / "weights.pt"), quick_gelu=False)  # a path is not a tag
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_clip("ViT-L-14-336", "openai", checkpoint=str(tmp_path / "weights.pt"), quick_gelu=True)
 
 
 def openai_loader_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,11 +143,12 @@ def test_fp32_file_loads_as_the_official_openai_loader_rounds_it(tmp_path):
     expected = openai_loader_tensors(state)
     assert any(not torch.equal(expected[k], state[k]) for k in state)  # the rounding is visible on fp32 values
     for round_fp16, want in ((True, expected), (False, state)):
-        loaded = load_clip("tiny-clip", str(tmp_path / "fp32.pt"), quick_gelu=True, round_fp16=round_fp16).model.state_dict()
+        loaded = load_clip("tiny-clip", checkpoint=str(tmp_path / "fp32.pt"), quick_gelu=True, round_fp16=round_fp16).model.state_dict()
         assert all(torch.equal(loaded[k], want[k]) for k in state), round_fp16
     # default: only OpenAI-format files (the "openai" tag, TorchScript archives) are rounded
-    assert all(torch.equal(v, state[k]) for k, v in load_clip("tiny-clip", str(tmp_path / "fp32.pt"), quick_gelu=True).model.state_dict().items())
-    assert build("sowa", backbone="tiny-clip", pretrained=str(tmp_path / "fp32.pt"), image_size=112, layers=(0, 1, 2, 3), window=4).clip.model.state_dict()["text_projection"].equal(expected["text_projection"])
+    assert all(torch.equal(v, state[k]) for k, v in load_clip("tiny-clip", checkpoint=str(tmp_path / "fp32.pt"), quick_gelu=True).model.state_dict().items())
+    sowa = build("sowa", backbone="tiny-clip", backbone_checkpoint=str(tmp_path / "fp32.pt"), image_size=112, taps=(0, 1, 2, 3), window=4)
+    assert sowa.clip.model.state_dict()["text_projection"].equal(expected["text_projection"])
 
 
 def test_uncached_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
@@ -144,7 +158,7 @@ def test_uncached_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(clip_module, "download_pretrained", offline)
     with pytest.raises(WeightsNotFoundError) as error:
         load_clip("ViT-L-14-336", "openai", quick_gelu=True, cache_dir=str(tmp_path))
-    assert str(tmp_path / "ViT-L-14-336px.pt") in str(error.value) and "pretrained=" in str(error.value)
+    assert str(tmp_path / "ViT-L-14-336px.pt") in str(error.value) and "checkpoint=" in str(error.value)
     with pytest.raises(WeightsNotFoundError, match="known tags"):
         load_clip("ViT-B-16-plus-240", "no_such_tag", quick_gelu=False)
 

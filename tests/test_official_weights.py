@@ -9,7 +9,8 @@ import torch
 from sowa_lib.backbones.clip import load_clip
 from sowa_lib.backbones.weights import WeightsNotFoundError
 from sowa_lib.methods import build
-from sowa_lib.methods.official_weights import REGISTRY, load_checkpoint, resolve, save_official
+from sowa_lib.methods import official_weights
+from sowa_lib.methods.official_weights import REGISTRY, load_trained_weights, resolve, save_official
 
 IMAGES = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
 
@@ -66,7 +67,7 @@ def test_april_gan_heads_written_in_the_official_format_round_trip(tmp_path):
     assert set(payload) == {"trainable_linearlayer"}
     assert set(payload["trainable_linearlayer"]) == set(april_gan_official()["trainable_linearlayer"])
     again = build("april_gan", profile="demo")
-    assert load_checkpoint(again, path) == "official"
+    assert load_trained_weights(again, path) == "official"
     _same_predictions(trained, again)
 
 
@@ -160,7 +161,7 @@ def test_sowa_written_in_the_official_format_has_every_official_key_and_round_tr
     for key, value in official["state_dict"].items():
         assert written[key].shape == value.shape, key
     again = build("sowa", profile="demo")
-    assert load_checkpoint(again, path) == "official"
+    assert load_trained_weights(again, path) == "official"
     _same_predictions(trained, again)
 
 
@@ -178,3 +179,16 @@ def test_a_missing_released_checkpoint_names_the_file_and_where_to_put_it(tmp_pa
         with pytest.raises(WeightsNotFoundError) as error:
             resolve(name)
         assert entry.filename in str(error.value) and str(tmp_path / "official") in str(error.value)
+
+
+def test_a_smoke_stand_in_is_written_from_the_loading_methods_own_initial_weights(tmp_path, monkeypatch):
+    """``checkpoint="smoke:<name>"`` (the smoke profile's stand-in for a released file): written once
+    in the official format from the method that loads it, then read like the authors' file."""
+    monkeypatch.setattr(official_weights, "SMOKE_DIR", tmp_path)
+    fresh = build("april_gan", profile="demo")
+    stand_in = build("april_gan", profile="demo", checkpoint="smoke:april_gan/visa")
+    assert (tmp_path / REGISTRY["april_gan/visa"].filename).is_file()
+    assert all(torch.equal(v, stand_in.trainable_state_dict()[k]) for k, v in fresh.trainable_state_dict().items())
+    assert load_trained_weights(fresh, "smoke:april_gan/visa") == "official"
+    with pytest.raises(ValueError, match="april_gan cannot load it"):
+        load_trained_weights(fresh, "smoke:sowa/visa")

@@ -17,7 +17,7 @@ from sowa_lib.data.augment import group_by_defect
 from sowa_lib.data.references import draw_references
 from sowa_lib.data.transforms import load_images, load_masks, mask_to_tensor
 from sowa_lib.methods import build
-from sowa_lib.methods.base import Prediction
+from sowa_lib.methods.base import Prediction, RunContext
 from sowa_lib.methods.fewshot import MAP_MAX, TEXT_SCORE
 from sowa_lib.methods.sowa import SOWA
 from sowa_lib.methods.sowa_adapter import (
@@ -242,7 +242,8 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_sowa(**overrides) -> SOWA:
-    return build("sowa", profile="demo", **overrides).eval()
+    """The demo SOWA; trained on the demo's ``demo_b`` (VisA's role): no mosaic (profiles.AUXILIARY_TRAINING)."""
+    return build("sowa", profile="demo", **{"mosaic_rate": 0.0, **overrides}).eval()
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -299,8 +300,8 @@ def test_shared_adapters_tie_learnable_parts_but_keep_each_layers_frozen_attenti
     assert all(b.linear is blocks[0].linear and b.norm1 is blocks[0].norm1 and b.norm2 is blocks[0].norm2 for b in blocks)
     assert all(b.attention.logit_scale is blocks[0].attention.logit_scale for b in blocks)
     assert all(b.attention.position_bias is blocks[0].attention.position_bias for b in blocks)
-    assert [b.attention.frozen_attn for b in blocks] == [sowa.clip.blocks[i].attn for i in sowa.layers]
-    sowa.fit(data.load("demo", demo_root / "demo_b", None, "test")[:4], progress=False)
+    assert [b.attention.frozen_attn for b in blocks] == [sowa.clip.blocks[i].attn for i in sowa.taps]
+    sowa.fit(data.load("demo", demo_root / "demo_b", None, "test")[:4], RunContext(progress=False))
     fresh = _tiny_sowa(share_adapters=True)
     fresh.load_trainable_state_dict(sowa.trainable_state_dict())
     assert torch.equal(fresh.adapters[3].blocks[0].linear.weight, sowa.adapters[0].blocks[0].linear.weight)
@@ -492,7 +493,7 @@ def test_training_lowers_loss_keeps_clip_frozen_and_is_deterministic(demo_root: 
                                 normalization="clip", mosaic_rate=0.0, mask_threshold=0.0)
     with torch.no_grad():
         before = sowa.training_loss(probe).item()
-    log = sowa.fit(auxiliary, progress=False)
+    log = sowa.fit(auxiliary, RunContext(progress=False))
     sowa.eval()
     with torch.no_grad():
         after = sowa.training_loss(probe).item()
@@ -503,7 +504,7 @@ def test_training_lowers_loss_keeps_clip_frozen_and_is_deterministic(demo_root: 
     assert not any(k.startswith("clip.") or "frozen_attn" in k for k in trained)
 
     twin = _tiny_sowa(epochs=4)
-    twin.fit(auxiliary, progress=False)
+    twin.fit(auxiliary, RunContext(progress=False))
     assert all(torch.equal(v, twin.trainable_state_dict()[k]) for k, v in trained.items())
     fresh = _tiny_sowa()
     fresh.load_trainable_state_dict(trained)
@@ -512,14 +513,27 @@ def test_training_lowers_loss_keeps_clip_frozen_and_is_deterministic(demo_root: 
         assert torch.equal(fresh.predict(images, "c").maps, sowa.predict(images, "c").maps)
 
 
+def test_mosaic_rate_is_an_option_the_profiles_set_by_auxiliary_dataset(demo_root: Path) -> None:
+    """§2.4: mosaics when training on MVTec AD only; study protocol, so the profiles hold it and the
+    method, built by hand without it, says what to pass."""
+    from sowa_lib.profiles import auxiliary_training_options
+
+    assert auxiliary_training_options("paper", "sowa", "mvtec") == {"mosaic_rate": 0.2}
+    assert auxiliary_training_options("paper", "sowa", "visa") == {"mosaic_rate": 0.0}
+    assert auxiliary_training_options("demo", "sowa", "demo_a") == {"mosaic_rate": 0.2}  # demo_a plays MVTec AD
+    auxiliary = data.load("demo", demo_root / "demo_b", None, "test")
+    with pytest.raises(ValueError, match="mosaic_rate="):
+        build("sowa", profile="demo").fit(auxiliary, RunContext(progress=False))
+
+
 def test_fit_resumes_from_epoch_checkpoints(demo_root: Path, tmp_path: Path) -> None:
     auxiliary = data.load("demo", demo_root / "demo_b", None, "test")
     straight = _tiny_sowa(epochs=2)
-    straight.fit(auxiliary, progress=False)
+    straight.fit(auxiliary, RunContext(progress=False))
     first = _tiny_sowa(epochs=1)
-    first.fit(auxiliary, checkpoint_dir=tmp_path, progress=False)
+    first.fit(auxiliary, RunContext(checkpoint_dir=tmp_path, progress=False))
     resumed = _tiny_sowa(epochs=2)
-    log = resumed.fit(auxiliary, checkpoint_dir=tmp_path, progress=False)
+    log = resumed.fit(auxiliary, RunContext(checkpoint_dir=tmp_path, progress=False))
     assert len(log["loss"]) == 4
     assert all(torch.allclose(v, resumed.trainable_state_dict()[k]) for k, v in straight.trainable_state_dict().items())
 
@@ -527,7 +541,7 @@ def test_fit_resumes_from_epoch_checkpoints(demo_root: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize("shots", [0, 4])
 def test_demo_runs_give_finite_maps_and_metrics(demo_root: Path, shots: int) -> None:
     sowa = _tiny_sowa()
-    sowa.fit(data.load("demo", demo_root / "demo_b", None, "test"), progress=False)
+    sowa.fit(data.load("demo", demo_root / "demo_b", None, "test"), RunContext(progress=False))
     sowa.eval()
     root = demo_root / "demo_a"
     category = data.categories("demo", root)[0]
@@ -547,7 +561,7 @@ def test_linear_adapter_replaces_window_attention_with_one_linear_per_layer() ->
     width = linear.clip.width
     assert all(isinstance(a, torch.nn.Linear) and a.in_features == width for a in linear.adapters)
     adapters = {n: p.numel() for n, p in linear.named_parameters() if p.requires_grad and n.startswith("adapters.")}
-    assert sum(adapters.values()) == len(linear.layers) * width * width  # bias-free, as model/sowa_linear.yaml
+    assert sum(adapters.values()) == len(linear.taps) * width * width  # bias-free, as model/sowa_linear.yaml
     images = torch.randn(2, 3, linear.image_size, linear.image_size)
     with torch.no_grad():
         out = linear(images)
@@ -582,7 +596,7 @@ def _scripted_fit(monkeypatch, losses: list[float], checkpoint_dir: Path | None 
     number and reports ``losses[epoch]`` (one step per epoch): what fit keeps, hand-checkable."""
     import sowa_lib.methods.sowa as sowa_module
 
-    method = build("sowa", profile="demo", epochs=len(losses), **options)
+    method = build("sowa", profile="demo", epochs=len(losses), mosaic_rate=0.0, **options)
     seen_lr: list[float] = []
 
     def scripted(samples, loss_fn, optimizer, schedule, *, start_epoch=0, on_epoch_end=None, **_):
@@ -598,7 +612,7 @@ def _scripted_fit(monkeypatch, losses: list[float], checkpoint_dir: Path | None 
 
     monkeypatch.setattr(sowa_module, "train_segmentation", scripted)
     samples = [data.Sample(Path(f"{i}.png"), None, 0, "c", "good", "test", "x", Path("/x")) for i in range(8)]  # batch 8: one step
-    log = method.fit(samples, checkpoint_dir=checkpoint_dir, progress=False)
+    log = method.fit(samples, RunContext(checkpoint_dir=checkpoint_dir, progress=False))
     return method, seen_lr, log
 
 

@@ -119,6 +119,7 @@ def test_defaults_are_anomalibs():
     assert defaults == {
         "backbone": "ViT-B-16-plus-240",
         "pretrained": "laion400m_e31",
+        "backbone_checkpoint": None,
         "image_size": 240,
         "scales": (2, 3),
         "temperature": 0.07,
@@ -323,7 +324,7 @@ def test_every_winclip_switch_is_an_ablation_and_builds():
 
     switches = {option for a in ablations("demo") if a.method == "winclip" for option in a.overrides}
     defaults = inspect.signature(WinCLIP.__init__).parameters
-    assert switches == set(defaults) - {"self", "backbone", "pretrained", "image_size", "scales"}
+    assert switches == set(defaults) - {"self", "backbone", "pretrained", "backbone_checkpoint", "image_size", "scales"}
     clip = load_clip("tiny-clip-b16", image_size=64, quick_gelu=False, seed=0)
     for ablation in (a for a in ablations("paper") if a.method == "winclip"):
         method = build("winclip", backbone=clip, image_size=64, **ablation.overrides)

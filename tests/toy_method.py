@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sowa_lib.methods.base import AnomalyMethod, Prediction
+from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext
 from sowa_lib.training import EpochCheckpoints
 
 
@@ -31,7 +31,11 @@ class MeanDistance(AnomalyMethod):
         self.expect_environment = expect_environment or {}
         self.register_buffer("reference", torch.zeros(0))
 
-    def set_references(self, images: torch.Tensor, category: str) -> None:
+    @property
+    def weights_id(self) -> str:
+        return "toy:none"  # no backbone, no weights
+
+    def set_references(self, images: torch.Tensor, category: str, context: RunContext | None = None) -> None:
         self.reference = images.mean(0) if len(images) else torch.zeros(0)
 
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
@@ -78,20 +82,22 @@ def _die_with_temporary_file(source: str, target: str) -> None:
 
 class TrainedMeanDistance(MeanDistance):
     """:class:`MeanDistance` with a (no-op) training on the target's normal images, one per category
-    in the one-class setting; the training on ``fail_training_on`` always fails."""
+    in the one-class setting; the training on ``fail_training_on`` always fails. The log records the
+    seed the runner gave (``RunContext.seed``)."""
 
     training_data = "target"
 
-    def __init__(self, fail_training_on: str = "", seed: int = 0, **kwargs) -> None:
+    def __init__(self, fail_training_on: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
         self.fail_training_on = fail_training_on
 
-    def fit(self, samples, *, checkpoint_dir=None, progress=True) -> dict:
-        """Writes one epoch snapshot into ``checkpoint_dir``, as the real trainings do; the log names it."""
+    def fit(self, samples, context: RunContext = RunContext()) -> dict:
+        """Writes one epoch snapshot into ``context.checkpoint_dir``, as the real trainings do; the log names it."""
         if samples[0].category == self.fail_training_on:
             raise RuntimeError(f"toy training failure on {self.fail_training_on}")
+        checkpoint_dir = context.checkpoint_dir
         if checkpoint_dir is None:
-            return {}
+            return {"seed": context.seed}
         weight = torch.zeros(1, requires_grad=True)
         EpochCheckpoints(checkpoint_dir).save(1, {"weight": weight.detach()}, torch.optim.SGD([weight], lr=0.1), [0.0])
-        return {"snapshots": sorted(str(p) for p in Path(checkpoint_dir).iterdir())}
+        return {"seed": context.seed, "snapshots": sorted(str(p) for p in Path(checkpoint_dir).iterdir())}

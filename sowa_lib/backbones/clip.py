@@ -4,6 +4,7 @@ One wrapper, :class:`ClipBackbone`, built by one factory, :func:`load_clip`::
 
     clip = load_clip("ViT-L-14-336", "openai", image_size=518, quick_gelu=False)   # April-GAN
     clip = load_clip("tiny-clip", None, image_size=112, quick_gelu=False, seed=0)  # demo / tests
+    clip = load_clip("ViT-L-14-336", checkpoint="/path/ViT-L-14-336px.pt", quick_gelu=True)  # a local file
     cls_embedding, taps = clip.encode_image(images, taps=[5, 11, 17, 23])          # 0-based blocks
 
 Conventions (stable API, other methods build on it):
@@ -18,6 +19,9 @@ Conventions (stable API, other methods build on it):
   sequence (e.g. CLS + one window's patches) through ``ln_pre`` and the blocks.
 - Text features (:meth:`encode_text`, :meth:`encode_prompt_embeddings`) are returned **un-normalised**
   unless ``normalize=True``: WinCLIP averages raw embeddings, April-GAN normalises first (§1.4, §2.2).
+- Weights: ``pretrained`` is an open_clip tag (``"openai"``, ``"laion400m_e31"``) or None (random
+  initialisation); a local file of weights is ``checkpoint``. :attr:`ClipBackbone.weights_id` says
+  which (``"ViT-L-14-336:openai"``, ``"tiny-clip:random"``, ``"ViT-L-14-336:file:<sha256[:12]>"``).
 
 open_clip 3.x runs its transformers batch-first (spec §4.2); :meth:`_run_block` also handles
 sequence-first stacks so the taps are batch-first either way.
@@ -40,6 +44,7 @@ from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import nn
 
 from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
+from sowa_lib.data.download import file_hashes
 from sowa_lib.features import frozen_features
 
 
@@ -100,7 +105,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 
 #: Demo-profile settings of the methods that tap ViT-L-14-336's four levels (April-GAN, SOWA): the
 #: tiny model at 112 px (an 8×8 grid) with all four of its blocks tapped.
-DEMO_LAYERED_CLIP: dict[str, Any] = {"backbone": "tiny-clip", "pretrained": None, "image_size": 112, "layers": (0, 1, 2, 3)}
+DEMO_TAPPED_CLIP: dict[str, Any] = {"backbone": "tiny-clip", "pretrained": None, "image_size": 112, "taps": (0, 1, 2, 3)}
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -114,24 +119,24 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 def resolve_weights(name: str, pretrained: str, cache_dir: str | None = None) -> str:
-    """Local file of ``pretrained`` (an existing path, or an open_clip tag that is cached or downloadable).
+    """Local file of the open_clip tag ``pretrained`` of ``name`` (cached, or downloaded when allowed).
 
-    Raises :class:`WeightsNotFoundError` naming the file to place and the directory to place it in.
+    Raises :class:`WeightsNotFoundError` naming the file to place and the directory to place it in
+    (or, for a file path given as a tag, saying to pass it as ``checkpoint=``).
     """
-    if os.path.isfile(pretrained):
-        return pretrained
     cache_dir = cache_dir or (str(weights_cache("open_clip")) if weights_cache("open_clip") else None)
     tag_config = get_pretrained_cfg(name, pretrained)
     if not tag_config:
+        hint = "; a local file of weights is passed as checkpoint=" if os.path.sep in pretrained or os.path.isfile(pretrained) else ""
         raise WeightsNotFoundError(
-            f"{pretrained!r} is neither a file nor an open_clip tag of {name}; "
+            f"{pretrained!r} is not an open_clip tag of {name}{hint}; "
             f"known tags: {open_clip.list_pretrained_tags_by_model(name)}"
         )
     known = PRETRAINED.get((name, pretrained))
     filename = known.filename if known else os.path.basename(tag_config.get("url", "")) or "<checkpoint>.pt"
     cached = (Path(cache_dir).expanduser() if cache_dir else OPEN_CLIP_URL_CACHE) / filename
     fix = (f"Download {tag_config.get('url') or tag_config.get('hf_hub')} on a machine with internet and either "
-           f"put it at {cached} (open_clip's cache) or pass its path as `pretrained=`.")
+           f"put it at {cached} (open_clip's cache) or pass its path as `checkpoint=` (to a method: `backbone_checkpoint=`).")
     if downloads_disabled() and not cached.is_file():
         raise WeightsNotFoundError(f"CLIP weights {name}/{pretrained}: {cached} is missing and downloads are off (HF_HUB_OFFLINE). {fix}")
     try:
@@ -197,14 +202,16 @@ class ClipBackbone(nn.Module):
     Attributes: ``visual`` (open_clip VisionTransformer: ``visual.proj``, ``visual.ln_post``),
     ``blocks`` (the vision blocks; ``blocks[i].attn`` is an ``nn.MultiheadAttention`` with
     ``in_proj_weight`` and ``out_proj``), ``token_embedding``, ``image_size``, ``grid_size`` (patches
-    per side), ``width`` (vision width), ``embed_dim``, ``text_width``, ``tokenizer``, ``name``, ``pretrained``.
+    per side), ``width`` (vision width), ``embed_dim``, ``text_width``, ``tokenizer``, ``name``,
+    ``pretrained`` (the open_clip tag or None), ``weights_id`` (what the weights are: :func:`clip_weights_id`).
     """
 
-    def __init__(self, model: open_clip.CLIP, name: str, pretrained: str | None) -> None:
+    def __init__(self, model: open_clip.CLIP, name: str, pretrained: str | None, weights_id: str) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.pretrained = pretrained
+        self.weights_id = weights_id
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
         # Every resize starts from the loaded grid, so resizing twice never compounds interpolation.
         self.register_buffer("native_position_embedding", model.visual.positional_embedding.detach().clone(), persistent=False)
@@ -348,10 +355,19 @@ class ClipBackbone(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
 
+def clip_weights_id(name: str, pretrained: str | None = None, checkpoint: str | Path | None = None) -> str:
+    """``"<name>:file:<sha256[:12]>"`` for a local file of weights, else ``"<name>:<tag>"`` for an
+    open_clip tag or ``"<name>:random"`` for a random initialisation (the glossary's ``weights_id``)."""
+    if checkpoint is not None:
+        return f"{name}:file:{file_hashes(Path(checkpoint))['sha256'][:12]}"
+    return f"{name}:{pretrained or 'random'}"
+
+
 def load_clip(
     name: str,
     pretrained: str | None = None,
     *,
+    checkpoint: str | Path | None = None,
     image_size: int | None = None,
     quick_gelu: bool,
     device: str | torch.device = "cpu",
@@ -363,8 +379,10 @@ def load_clip(
 
     name: a tiny config (``"tiny-clip"``, ``"tiny-clip-b16"``) or an open_clip model name
         (``"ViT-L-14-336"``, ``"ViT-B-16-plus-240"``, ...).
-    pretrained: ``None`` (random init from ``seed``), an open_clip tag (``"openai"``,
-        ``"laion400m_e31"``) or a local checkpoint path (open_clip state dict or OpenAI JIT archive).
+    pretrained: ``None`` (random init from ``seed``) or an open_clip tag (``"openai"``,
+        ``"laion400m_e31"``), found in open_clip's cache or downloaded.
+    checkpoint: a local file of weights (open_clip state dict or OpenAI JIT archive), read instead of
+        the tag's cached file: a copy of that file (``pretrained`` still names the tag) or any other.
     image_size: run resolution; when it differs from the config's, the position grid is resized
         bicubically (spec §1.1). ``None`` keeps the native size.
     quick_gelu: the MLP activation, always explicit. OpenAI weights were trained with QuickGELU, but
@@ -373,11 +391,16 @@ def load_clip(
         ``None`` (default): for OpenAI-format checkpoints only, i.e. the ``"openai"`` tag or a
         TorchScript archive (whose released weights are fp16 already, so it changes nothing there);
         SOWA and April-GAN pass True, as their loaders round any file they are given. Random
-        initialisation (``pretrained=None``) is never rounded.
+        initialisation (no tag, no checkpoint) is never rounded.
     """
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise WeightsNotFoundError(f"CLIP weights {name}: checkpoint {checkpoint} does not exist")
     config = model_config(name)
     config.pop("quick_gelu", None)  # the argument decides, not the config name
-    weights = resolve_weights(name, pretrained, cache_dir) if pretrained is not None else None
+    if checkpoint is not None:
+        weights = str(checkpoint)
+    else:
+        weights = resolve_weights(name, pretrained, cache_dir) if pretrained is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.CLIP(**config, quick_gelu=quick_gelu)
@@ -385,7 +408,7 @@ def load_clip(
         load_weights(model, weights)
         if round_fp16 or (round_fp16 is None and (pretrained == "openai" or is_torchscript_archive(weights))):
             round_like_openai(model)
-    backbone = ClipBackbone(model, name, pretrained)
+    backbone = ClipBackbone(model, name, pretrained, clip_weights_id(name, pretrained, checkpoint))
     if image_size is not None:
         backbone.set_image_size(image_size)
     return backbone.to(device)

@@ -5,7 +5,10 @@ blocks 6/12/18/24 of ViT-L-14-336 at 518 px; L2-normalised tokens against the pr
 features × 100; logits upsampled bilinearly (``align_corners=True``) to the image size *before* the
 2-way softmax; abnormal maps summed over layers. Image score: the CLS embedding's text probability.
 Few-shot (§1.6): the shared memory recipe of :mod:`sowa_lib.methods.fewshot`, on the same encoder pass.
-Training (§1.7): focal + Dice per layer on the auxiliary dataset's test split.
+Training (§1.7): focal + Dice per layer on the auxiliary dataset's test split, for ``epochs`` epochs
+with 2×2 mosaics at ``mosaic_rate``. The reference's schedule depends on the auxiliary dataset (3
+epochs, mosaic 0.2 on MVTec AD; 15 epochs, no mosaic on VisA): that is study protocol, so it lives in
+:data:`sowa_lib.profiles.AUXILIARY_TRAINING`, which the runner applies; built by hand, pass both.
 
 Fidelity switches (reference behaviour is the default):
 
@@ -14,7 +17,7 @@ Fidelity switches (reference behaviour is the default):
 - ``image_score``: few-shot image score ``"transductive_minmax"`` (§1.6) or ``"raw"``
   (``0.5·(p + max map)``, per image).
 - ``reference_replacement``: K-shot references drawn with replacement (``torch.randint``, §1.6) or
-  without; the runner reads it when it draws references.
+  without; the runner reads it through :meth:`AprilGAN.draws_references_with_replacement`.
 - ``precision``: ``"fp16_autocast"`` (default) runs every forward under CUDA fp16 autocast as the
   reference does (§1.1 "Precision"; a no-op on CPU, there as here); ``"fp32"`` never does.
 - ``dice_single_image_quirk``: True (the official ``train.py``): a training batch holding one image
@@ -39,18 +42,17 @@ Known departures, kept on purpose (no switch):
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sowa_lib.backbones.clip import DEMO_LAYERED_CLIP, ClipBackbone, as_backbone
+from sowa_lib.backbones.clip import DEMO_TAPPED_CLIP, ClipBackbone, as_backbone
 from sowa_lib.data.sample import Sample
 from sowa_lib.losses import dice_loss, focal_loss
-from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
-from sowa_lib.methods.official_weights import load_checkpoint
+from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext, check_choice
+from sowa_lib.methods.official_weights import load_trained_weights
 from sowa_lib.methods.fewshot import (
     IMAGE_SCORE_MODES,
     MAP_MAX,
@@ -65,9 +67,6 @@ from sowa_lib.training import EpochCheckpoints, TrainingBatch, TrainingSchedule,
 
 #: April-GAN's fixed logit scale of 100 (§1.5), as a temperature.
 TEMPERATURE = 0.01
-#: Epochs and mosaic rate by auxiliary dataset (§1.7): 3 epochs with mosaic p = 0.2 when training on
-#: MVTec AD, 15 epochs without mosaic when training on VisA.
-SCHEDULE_BY_AUXILIARY: dict[str, tuple[int, float]] = {"mvtec": (3, 0.2), "visa": (15, 0.0)}
 ACTIVATIONS = ("gelu", "quick_gelu")
 PRECISIONS = ("fp16_autocast", "fp32")
 
@@ -79,7 +78,7 @@ class AprilGAN(AnomalyMethod):
     cached = ("_text_features", "memory")
     profiles = {
         "demo": {
-            **DEMO_LAYERED_CLIP,
+            **DEMO_TAPPED_CLIP,
             "epochs": 3,
             "mosaic_rate": 0.2,
         }
@@ -89,8 +88,9 @@ class AprilGAN(AnomalyMethod):
         self,
         backbone: ClipBackbone | str = "ViT-L-14-336",
         pretrained: str | None = "openai",
+        backbone_checkpoint: str | None = None,
         image_size: int = 518,
-        layers: Sequence[int] = (5, 11, 17, 23),
+        taps: Sequence[int] = (5, 11, 17, 23),
         activation: str = "gelu",
         image_score: str = "transductive_minmax",
         reference_replacement: bool = True,
@@ -105,9 +105,11 @@ class AprilGAN(AnomalyMethod):
         round_fp16: bool = True,
         checkpoint: str | None = None,
     ) -> None:
-        """``layers`` are 0-based block indices (the default is the paper's 6/12/18/24).
-        ``epochs``/``mosaic_rate`` of ``None`` follow :data:`SCHEDULE_BY_AUXILIARY` for the dataset
-        that :meth:`fit` receives. ``precision="fp16_autocast"`` runs every forward under CUDA fp16
+        """``pretrained``: an open_clip tag or None (random); ``backbone_checkpoint``: a local file of
+        the CLIP weights instead. ``taps`` are 0-based block indices (the default is the paper's
+        6/12/18/24). ``epochs``/``mosaic_rate``: the training schedule, needed by :meth:`fit` only
+        (the reference's per auxiliary dataset: :data:`sowa_lib.profiles.AUXILIARY_TRAINING`).
+        ``precision="fp16_autocast"`` runs every forward under CUDA fp16
         autocast as the reference does (§1.1; a no-op on CPU, as there); ``"fp32"`` never does.
         ``checkpoint``: trained heads to load — the authors' released ``{'trainable_linearlayer': ...}``
         file (a path, or ``"april_gan/mvtec"`` / ``"april_gan/visa"`` of
@@ -118,9 +120,10 @@ class AprilGAN(AnomalyMethod):
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("image_score", image_score, IMAGE_SCORE_MODES)
         self.dice_single_image_quirk = dice_single_image_quirk
-        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=activation == "quick_gelu", round_fp16=round_fp16)
+        self.clip = as_backbone(backbone, pretrained, checkpoint=backbone_checkpoint, image_size=image_size,
+                                quick_gelu=activation == "quick_gelu", round_fp16=round_fp16)
         self.image_size = self.clip.image_size
-        self.layers = tuple(layers)
+        self.taps = tuple(taps)
         self.image_score = image_score
         self.reference_replacement = reference_replacement
         self.epochs, self.mosaic_rate, self.batch_size = epochs, mosaic_rate, batch_size
@@ -128,11 +131,24 @@ class AprilGAN(AnomalyMethod):
         with torch.random.fork_rng(devices=[]):
             # seeded right before the heads; the reference builds CLIP in between (module docstring)
             torch.manual_seed(seed)
-            self.heads = nn.ModuleList(nn.Linear(self.clip.width, self.clip.embed_dim) for _ in self.layers)
+            self.heads = nn.ModuleList(nn.Linear(self.clip.width, self.clip.embed_dim) for _ in self.taps)
         self.memory = MemoryBank(metric="cosine")
         self._text_features: dict[str, torch.Tensor] = {}
         if checkpoint is not None:  # trained weights: the authors' released file or ours (official_weights)
-            load_checkpoint(self, checkpoint)
+            load_trained_weights(self, checkpoint)
+
+    @classmethod
+    def draws_references_with_replacement(cls, config: dict[str, Any]) -> bool:
+        """The ``reference_replacement`` option of ``config`` (§1.6: ``torch.randint``, with replacement)."""
+        return bool(config["reference_replacement"])
+
+    def frozen_forward(self, images: torch.Tensor) -> Any:
+        """The frozen CLIP image encoder's plain forward (what :mod:`sowa_lib.speed` compares to)."""
+        return self.clip.encode_image(images)
+
+    @property
+    def weights_id(self) -> str:
+        return self.clip.weights_id
 
     def autocast(self) -> torch.autocast:
         """The reference's ``torch.cuda.amp.autocast()``: fp16 matmuls on CUDA, nothing elsewhere."""
@@ -147,11 +163,11 @@ class AprilGAN(AnomalyMethod):
         return self._text_features[category]
 
     # ------------------------------------------------------------------ zero-shot maps
-    def layer_probabilities(self, taps: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
-        """Per layer ``[B, 2, S, S]`` softmax maps (§1.5): head, L2-normalise, × 100 against ``text``
-        (``[2, D]`` or per-sample ``[B, 2, D]``), upsample (align_corners=True), then softmax."""
+    def layer_probabilities(self, tapped: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
+        """Per tapped layer ``[B, 2, S, S]`` softmax maps (§1.5): head, L2-normalise, × 100 against
+        ``text`` (``[2, D]`` or per-sample ``[B, 2, D]``), upsample (align_corners=True), then softmax."""
         maps = []
-        for head, tokens in zip(self.heads, taps):
+        for head, tokens in zip(self.heads, tapped):
             patches = F.normalize(head(tokens[:, 1:]), dim=-1)
             text_t = F.normalize(text, dim=-1).transpose(-1, -2)
             logits = (patches @ text_t) / TEMPERATURE
@@ -164,29 +180,28 @@ class AprilGAN(AnomalyMethod):
         one image takes the per-row Dice unless ``dice_single_image_quirk=False``."""
         with self.autocast():
             with torch.no_grad():
-                _, taps = self.clip.encode_image(batch.images, self.layers)
+                _, tapped = self.clip.encode_image(batch.images, self.taps)
             text = torch.stack([self.text_features(c) for c in batch.categories])
-            probabilities = [p.float() for p in self.layer_probabilities(taps, text)]
+            probabilities = [p.float() for p in self.layer_probabilities(tapped, text)]
         per_row = self.dice_single_image_quirk and len(batch.masks) == 1
         return sum(focal_loss(p, batch.masks) + dice_loss(p[:, 1], batch.masks, per_row) for p in probabilities)
 
     # ------------------------------------------------------------------ training
-    def schedule(self, samples: Sequence[Sample]) -> TrainingSchedule:
-        """Epochs and mosaic rate: the constructor's, else the reference's for the auxiliary dataset."""
-        datasets = {s.dataset for s in samples}
-        default = SCHEDULE_BY_AUXILIARY.get(next(iter(datasets))) if len(datasets) == 1 else None
-        if (self.epochs is None or self.mosaic_rate is None) and default is None:
-            raise ValueError(f"no reference schedule for auxiliary data {sorted(datasets)}; pass epochs= and mosaic_rate=")
-        epochs = self.epochs if self.epochs is not None else default[0]
-        mosaic_rate = self.mosaic_rate if self.mosaic_rate is not None else default[1]
-        return TrainingSchedule(epochs=epochs, batch_size=self.batch_size, mosaic_rate=mosaic_rate, seed=self.seed)
+    def schedule(self, seed: int) -> TrainingSchedule:
+        """The options' epochs and mosaic rate, with the training's ``seed``; both must be given."""
+        if self.epochs is None or self.mosaic_rate is None:
+            raise ValueError("April-GAN trains with epochs= and mosaic_rate=: pass both (the reference's are 3 and 0.2 "
+                             "on MVTec AD, 15 and 0.0 on VisA; the runner applies sowa_lib.profiles.AUXILIARY_TRAINING)")
+        return TrainingSchedule(epochs=self.epochs, batch_size=self.batch_size, mosaic_rate=self.mosaic_rate, seed=seed)
 
-    def fit(self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    def fit(self, samples: Sequence[Sample], context: RunContext = RunContext()) -> dict[str, Any]:
         """Train the heads (Adam lr 1e-3, betas (0.5, 0.999), batch 8, §1.7); resumes from the last
-        epoch checkpoint in ``checkpoint_dir``, where each epoch's heads are saved."""
-        schedule = self.schedule(samples)
+        epoch checkpoint in ``context.checkpoint_dir``, where each epoch's heads are saved.
+        ``context.seed`` (None: the ``seed`` option) seeds the shuffles and mosaics; the initial heads
+        come from the ``seed`` option at construction."""
+        schedule = self.schedule(self.seed if context.seed is None else context.seed)
         optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.learning_rate, betas=self.betas)
-        checkpoints = EpochCheckpoints(checkpoint_dir)
+        checkpoints = EpochCheckpoints(context.checkpoint_dir)
         start_epoch, previous = 0, []
         if (last := checkpoints.latest()) is not None:
             self.load_trainable_state_dict(last["state"])
@@ -203,34 +218,34 @@ class AprilGAN(AnomalyMethod):
             device=self.device,
             start_epoch=start_epoch,
             on_epoch_end=lambda epoch, steps: checkpoints.save(epoch, self.trainable_state_dict(), optimizer, previous + steps),
-            progress=progress,
+            progress=context.progress,
         )
         self.heads.eval()
         return {"loss": previous + losses, "epochs": schedule.epochs, "mosaic_rate": schedule.mosaic_rate}
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def set_references(self, images: torch.Tensor, category: str) -> None:
+    def set_references(self, images: torch.Tensor, category: str, context: RunContext | None = None) -> None:
         """Per-layer memory of the K references' raw patch tokens (§1.6); K = 0 clears it."""
         if len(images) == 0:
             self.memory.clear()
             return
         with self.autocast():
-            _, taps = self.clip.encode_image(images.to(self.device), self.layers)
-        self.memory.set([t[:, 1:].to(self.dtype) for t in taps])
+            _, tapped = self.clip.encode_image(images.to(self.device), self.taps)
+        self.memory.set([t[:, 1:].to(self.dtype) for t in tapped])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category: str) -> Prediction:
         """One encoder pass per image: zero-shot maps, image probability and (K > 0) memory distances."""
         text, dtype = self.text_features(category), self.dtype
         with self.autocast():
-            cls_embedding, taps = self.clip.encode_image(images, self.layers)
-            maps = sum(p[:, 1].to(dtype) for p in self.layer_probabilities(taps, text))
-        taps = [t.to(dtype) for t in taps]
+            cls_embedding, tapped = self.clip.encode_image(images, self.taps)
+            maps = sum(p[:, 1].to(dtype) for p in self.layer_probabilities(tapped, text))
+        tapped = [t.to(dtype) for t in tapped]
         scores = class_scores(cls_embedding.to(dtype), text, TEMPERATURE)[:, 1]
         extras: dict[str, torch.Tensor] = {}
         if len(self.memory):
-            maps = maps + memory_distance_map(self.memory, [t[:, 1:] for t in taps], self.image_size)
+            maps = maps + memory_distance_map(self.memory, [t[:, 1:] for t in tapped], self.image_size)
             extras = few_shot_extras(scores, maps)
             scores = few_shot_image_scores(scores, extras[MAP_MAX], "raw")
         return Prediction(scores=scores.float().cpu(), maps=maps.float().cpu(), extras={k: v.cpu() for k, v in extras.items()})

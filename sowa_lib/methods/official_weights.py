@@ -30,7 +30,6 @@ position bias and learned logit scale, the text Linear, unshared adapters).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
+from sowa_lib.data.download import file_hashes
 from sowa_lib.profiles import REPO_ROOT
 from sowa_lib.methods.sowa_adapter import ContinuousPositionBias, HFWAAdapter
 
@@ -114,26 +114,25 @@ SMOKE_PREFIX = "smoke:"
 SMOKE_DIR = REPO_ROOT / "data" / "smoke" / "official"
 
 
-def smoke_checkpoint(name: str) -> Path:
-    """The smoke stand-in of released checkpoint ``name`` (written once, from ``build(method, profile="smoke")``)."""
-    from sowa_lib.methods import build
-
+def smoke_checkpoint(name: str, method: Any) -> Path:
+    """The smoke stand-in of released checkpoint ``name``, written once in the official format from the
+    initial weights of ``method``: the method loading it, which the smoke's ``official_weights``
+    ablation builds with the smoke profile's options (random weights of the real architecture)."""
     entry = REGISTRY[name]
+    if entry.method != method.name:
+        raise ValueError(f"{name} is a {entry.method} checkpoint; {method.name} cannot load it")
     path = SMOKE_DIR / entry.filename
     if not path.is_file():
-        save_official(build(entry.method, profile="smoke"), path)
+        save_official(method, path)
     return path
 
 
 def resolve(checkpoint: str | Path) -> Path:
-    """A local file for ``checkpoint``: an existing path, a :data:`REGISTRY` name found in
-    :func:`official_dir` (downloaded there first when it has a URL and downloads are on), or
-    ``"smoke:<name>"`` (:func:`smoke_checkpoint`). Raises :class:`WeightsNotFoundError` naming the
-    file, where it is published and where to put it."""
+    """A local file for ``checkpoint``: an existing path, or a :data:`REGISTRY` name found in
+    :func:`official_dir` (downloaded there first when it has a URL and downloads are on). Raises
+    :class:`WeightsNotFoundError` naming the file, where it is published and where to put it."""
     if Path(checkpoint).is_file():
         return Path(checkpoint)
-    if str(checkpoint).startswith(SMOKE_PREFIX):
-        return smoke_checkpoint(str(checkpoint)[len(SMOKE_PREFIX):])
     entry = REGISTRY.get(str(checkpoint))
     if entry is None:
         raise WeightsNotFoundError(f"checkpoint {checkpoint!r} is neither a file nor a released checkpoint ({sorted(REGISTRY)})")
@@ -156,11 +155,7 @@ def resolve(checkpoint: str | Path) -> Path:
 def check_sha256(path: Path, expected: str = "") -> str:
     """The file's SHA-256; compared with ``expected`` when one was published, else printed each time
     the file is used (no checksum is published for these files, so a user can record it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = file_hashes(path)["sha256"]
     if expected and value != expected:
         raise ValueError(f"{path}: SHA-256 {value} differs from the published {expected}; the file is not the released one")
     if not expected:
@@ -279,12 +274,17 @@ def sowa_to_official(method: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- either method, any format
-def load_checkpoint(method: Any, checkpoint: str | Path, *, load_clip: bool = True) -> str:
-    """Load ``checkpoint`` (a path or a :data:`REGISTRY` name) into ``method`` (April-GAN or SOWA),
-    whichever format it is in: the official one, or ours (``trainable_state_dict`` keys). SOWA's
-    official file also carries the frozen CLIP; ``load_clip`` loads it into the backbone (strict).
+def load_trained_weights(method: Any, checkpoint: str | Path, *, load_clip: bool = True) -> str:
+    """Load the trained weights in ``checkpoint`` (a path, a :data:`REGISTRY` name, or
+    ``"smoke:<name>"``: :func:`smoke_checkpoint`) into ``method`` (April-GAN or SOWA), whichever
+    format it is in: the official one, or ours (``trainable_state_dict`` keys). SOWA's official file
+    also carries the frozen CLIP; ``load_clip`` loads it into the backbone (strict; the backbone's
+    ``weights_id`` stays the one it was built with, the run's configuration names the file).
     Returns the format read: ``"official"`` or ``"ours"``."""
-    path = resolve(checkpoint)
+    if str(checkpoint).startswith(SMOKE_PREFIX):
+        path = smoke_checkpoint(str(checkpoint)[len(SMOKE_PREFIX):], method)
+    else:
+        path = resolve(checkpoint)
     entry = REGISTRY.get(str(checkpoint))
     if entry is not None:
         check_sha256(path, entry.sha256)

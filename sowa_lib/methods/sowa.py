@@ -41,7 +41,7 @@ Fidelity switches (spec §5.4; the reference code's behaviour is each default):
   epoch's weights, no early stopping). Equal at one epoch.
 - ``train_mask_threshold``: 0.0 (training masks binarised ``> 0`` after PIL-like bilinear resizing,
   §2.2; :func:`~sowa_lib.data.transforms.mask_to_tensor`) or 0.5 (as at test time).
-- ``fewshot_image_score``: ``"transductive_minmax"`` (§1.8) or ``"raw"`` (0.5·p + 0.5·max, no
+- ``image_score``: ``"transductive_minmax"`` (§1.8) or ``"raw"`` (0.5·p + 0.5·max, no
   category statistics). Where every map maximum of a category is equal, the transductive min-max
   gives 0 here (:func:`~sowa_lib.ops.minmax`) where the official code divides 0 by 0 (NaN).
 
@@ -54,19 +54,18 @@ initial values (and hence other trained weights) than an official run's.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sowa_lib.backbones.clip import DEMO_LAYERED_CLIP, ClipBackbone, as_backbone
+from sowa_lib.backbones.clip import DEMO_TAPPED_CLIP, ClipBackbone, as_backbone
 from sowa_lib.data.sample import Sample
 from sowa_lib.losses import dice_loss, focal_loss
-from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
+from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext, check_choice
 from sowa_lib.methods.fewshot import IMAGE_SCORE_MODES, few_shot_extras, finalize_few_shot, memory_distance_map
-from sowa_lib.methods.official_weights import load_checkpoint
+from sowa_lib.methods.official_weights import load_trained_weights
 from sowa_lib.methods.sowa_adapter import HFWAAdapter, WindowOptions, share_trainable_parts
 from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps, tokens_to_grid
 from sowa_lib.training import (
@@ -125,15 +124,18 @@ class SOWA(AnomalyMethod):
     """SOWA with the reference code's defaults (spec §1–§3); see the module docstring for switches.
 
     backbone: a built :class:`ClipBackbone` or an open_clip / tiny model name; ``pretrained``: an
-        open_clip tag or a local checkpoint (``"openai"`` -> ``ViT-L-14-336px.pt``).
-    layers: 0-based tapped blocks. adapter: ``"hfwa"`` (§1.3) or ``"linear"`` — one bias-free
+        open_clip tag (``"openai"`` -> ``ViT-L-14-336px.pt``) or None (random); ``backbone_checkpoint``:
+        a local file of the CLIP weights instead of the tag.
+    taps: 0-based tapped blocks. adapter: ``"hfwa"`` (§1.3) or ``"linear"`` — one bias-free
         Linear(width, width) per layer in its place, as ``model/sowa_linear.yaml`` (§4.8; that config
         also drops the text Linear: ``text_linear=False``). window, depth, num_heads, cpb_hidden,
         value_only, attn_drop: HFWA options (§1.3). prompt_length: context vectors per state (§1.4).
     smoothing_sigma: Gaussian σ on the zero-shot map (0 disables; §1.7). temperature: image-score
         softmax temperature (§1.6).
-    Training (§2): epochs, batch_size, lr, weight_decay (AdamW), seed, mosaic_prob (2×2 mosaic,
-    applied only when the training samples come from one of ``mosaic_datasets``).
+    Training (§2): epochs, batch_size, learning_rate, weight_decay (AdamW), seed, mosaic_rate (the
+    rate of 2×2 mosaics; the reference's depends on the auxiliary dataset, 0.2 on MVTec AD and none on
+    VisA: study protocol, in :data:`sowa_lib.profiles.AUXILIARY_TRAINING`, which the runner applies;
+    needed by :meth:`fit` only).
     checkpoint: trained weights to load — the authors' released Lightning checkpoint (a path, or a
         name of :data:`~sowa_lib.methods.official_weights.REGISTRY` such as ``"sowa/visa"``; its
         frozen CLIP is loaded too) or a file of our own ``trainable_state_dict``.
@@ -145,9 +147,8 @@ class SOWA(AnomalyMethod):
     cached = ("memory",)
     profiles = {
         "demo": {
-            **DEMO_LAYERED_CLIP,
+            **DEMO_TAPPED_CLIP,
             "window": 4,
-            "mosaic_datasets": ("demo_a",),
         },
     }
 
@@ -156,10 +157,11 @@ class SOWA(AnomalyMethod):
         backbone: ClipBackbone | str = "ViT-L-14-336",
         pretrained: str | None = "openai",
         *,
+        backbone_checkpoint: str | None = None,
         image_size: int = 336,
         quick_gelu: bool = True,
         round_fp16: bool = True,
-        layers: Sequence[int] = (5, 11, 17, 23),
+        taps: Sequence[int] = (5, 11, 17, 23),
         adapter: str = "hfwa",
         window: int = 12,
         depth: int = 1,
@@ -179,21 +181,19 @@ class SOWA(AnomalyMethod):
         temperature: float = 0.07,
         smoothing_sigma: float = 4.0,
         memory_features: str = "raw",
-        fewshot_image_score: str = "transductive_minmax",
+        image_score: str = "transductive_minmax",
         image_loss: str = "ce_on_probs",
         train_mask_threshold: float = 0.0,
-        mosaic_prob: float = 0.2,
-        mosaic_datasets: Sequence[str] = ("mvtec",),
+        mosaic_rate: float | None = None,
         mosaic_label_fix: bool = False,
         epochs: int = 1,
         batch_size: int = 8,
-        lr: float = 1e-3,
+        learning_rate: float = 1e-3,
         weight_decay: float = 0.2,
         lr_schedule: str = "plateau",
         keep_checkpoint: str = "best_train_loss",
         early_stopping_patience: int = 10,
         seed: int = 2025,
-    
         checkpoint: str | None = None,
     ) -> None:
         super().__init__()
@@ -202,20 +202,21 @@ class SOWA(AnomalyMethod):
         self.lr_schedule, self.keep_checkpoint, self.early_stopping_patience = lr_schedule, keep_checkpoint, early_stopping_patience
         check_choice("adapter", adapter, ("hfwa", "linear"))
         check_choice("memory_features", memory_features, ("raw", "adapted"))
-        check_choice("fewshot_image_score", fewshot_image_score, IMAGE_SCORE_MODES)
+        check_choice("image_score", image_score, IMAGE_SCORE_MODES)
         check_choice("image_loss", image_loss, ("ce_on_probs", "ce"))
-        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=quick_gelu, round_fp16=round_fp16)
+        self.clip = as_backbone(backbone, pretrained, checkpoint=backbone_checkpoint, image_size=image_size, quick_gelu=quick_gelu,
+                                round_fp16=round_fp16)
         self.image_size = self.clip.image_size
-        self.layers = tuple(layers)
+        self.taps = tuple(taps)
         self.temperature = temperature
         self.smoothing_sigma = smoothing_sigma
         self.patch_ln_post = patch_ln_post
         self.memory_features = memory_features
-        self.fewshot_image_score = fewshot_image_score
+        self.image_score = image_score
         self.image_loss = image_loss
         self.train_mask_threshold = train_mask_threshold
-        self.mosaic_prob, self.mosaic_datasets, self.mosaic_label_fix = mosaic_prob, tuple(mosaic_datasets), mosaic_label_fix
-        self.epochs, self.batch_size, self.lr, self.weight_decay, self.seed = epochs, batch_size, lr, weight_decay, seed
+        self.mosaic_rate, self.mosaic_label_fix = mosaic_rate, mosaic_label_fix
+        self.epochs, self.batch_size, self.learning_rate, self.weight_decay, self.seed = epochs, batch_size, learning_rate, weight_decay, seed
         options = WindowOptions(
             num_heads=num_heads, cpb_hidden=cpb_hidden, value_only=value_only, attn_drop=attn_drop, in_proj_bias=in_proj_bias,
             linear_residual=linear_residual, logit_scale=logit_scale, position_bias=position_bias, out_proj=out_proj,
@@ -229,15 +230,23 @@ class SOWA(AnomalyMethod):
         self.memory = MemoryBank(metric="cosine")
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         if checkpoint is not None:  # trained weights: the authors' released file or ours (official_weights)
-            load_checkpoint(self, checkpoint)
+            load_trained_weights(self, checkpoint)
+
+    def frozen_forward(self, images: torch.Tensor) -> Any:
+        """The frozen CLIP image encoder's plain forward (what :mod:`sowa_lib.speed` compares to)."""
+        return self.clip.encode_image(images)
+
+    @property
+    def weights_id(self) -> str:
+        return self.clip.weights_id
 
     def _build_adapters(self, kind: str, window: int, depth: int, options: WindowOptions, shared: bool) -> list[nn.Module]:
         """One adapter per tapped layer (§1.3, or ``sowa_linear``'s bias-free Linear); ``shared`` ties
         their learnable weights (§5.4.3)."""
         if kind == "linear":
-            linears = [nn.Linear(self.clip.width, self.clip.width, bias=False) for _ in self.layers]
+            linears = [nn.Linear(self.clip.width, self.clip.width, bias=False) for _ in self.taps]
             return [linears[0]] * len(linears) if shared else linears
-        adapters = [HFWAAdapter(self.clip.blocks[i].attn, self.clip.grid_size, window, depth, options) for i in self.layers]
+        adapters = [HFWAAdapter(self.clip.blocks[i].attn, self.clip.grid_size, window, depth, options) for i in self.taps]
         if shared:
             share_trainable_parts(adapters)
         return adapters
@@ -270,8 +279,8 @@ class SOWA(AnomalyMethod):
 
     def forward(self, images: torch.Tensor) -> SOWAOutput:
         """Normalised images ``[B, 3, S, S]`` -> :class:`SOWAOutput` (spec §1.2–§1.6)."""
-        cls_embedding, taps = self.clip.encode_image(images, taps=self.layers)
-        patches = [tap[:, 1:] for tap in taps]
+        cls_embedding, tapped = self.clip.encode_image(images, taps=self.taps)
+        patches = [tokens[:, 1:] for tokens in tapped]
         adapted = [self.project(adapter(p)) for adapter, p in zip(self.adapters, patches)]
         text = self.text_features()
         image_logits = F.normalize(cls_embedding, dim=-1) @ text.T / self.temperature
@@ -293,7 +302,7 @@ class SOWA(AnomalyMethod):
         return logits.softmax(dim=1)
 
     # ---------------------------------------------------------------- inference
-    def set_references(self, images: torch.Tensor, category: str) -> None:
+    def set_references(self, images: torch.Tensor, category: str, context: RunContext | None = None) -> None:
         """K-shot memory of the references' per-layer tokens (raw by default, §1.8); K = 0 clears it."""
         if not len(images):
             self.memory.clear()
@@ -316,7 +325,7 @@ class SOWA(AnomalyMethod):
 
     def finalize_category(self, pred: Prediction) -> Prediction:
         """Few-shot image score 0.5·p + 0.5·min-max over the category of the map maxima (§1.8)."""
-        return finalize_few_shot(pred, self.fewshot_image_score)
+        return finalize_few_shot(pred, self.image_score)
 
     # ---------------------------------------------------------------- training
     def training_loss(self, batch: TrainingBatch) -> torch.Tensor:
@@ -333,17 +342,18 @@ class SOWA(AnomalyMethod):
             loss = loss + dice_loss(probabilities[:, 1], batch.masks) + dice_loss(probabilities[:, 0], 1.0 - batch.masks)
         return loss
 
-    def fit(
-        self, samples: Sequence[Sample], *, checkpoint_dir: Path | None = None, progress: bool = True
-    ) -> dict[str, Any]:
+    def fit(self, samples: Sequence[Sample], context: RunContext = RunContext()) -> dict[str, Any]:
         """Train adapters, prompts and text Linear on the auxiliary samples (§2): AdamW(lr 1e-3,
-        wd 0.2), batch 8, ``epochs`` epochs, seed 2025; 2×2 mosaic with p = ``mosaic_prob`` when the
-        samples belong to one of ``mosaic_datasets`` (by ``Sample.dataset`` or their root folder's
-        name). ``lr_schedule`` and ``keep_checkpoint`` act on each epoch's mean loss (module docstring).
-        Resumes from the last epoch checkpoint in ``checkpoint_dir``."""
+        wd 0.2), batch 8, ``epochs`` epochs, seed 2025 (``context.seed`` when given); 2×2 mosaics at
+        ``mosaic_rate``. ``lr_schedule`` and ``keep_checkpoint`` act on each epoch's mean loss (module
+        docstring). Resumes from the last epoch checkpoint in ``context.checkpoint_dir``."""
+        if self.mosaic_rate is None:
+            raise ValueError("SOWA trains with mosaic_rate=: pass it (the reference's is 0.2 on MVTec AD, 0.0 on VisA; "
+                             "the runner applies sowa_lib.profiles.AUXILIARY_TRAINING)")
+        seed = self.seed if context.seed is None else context.seed
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
-        checkpoints = EpochCheckpoints(checkpoint_dir)
+        optimizer = torch.optim.AdamW(trainable, lr=self.learning_rate, weight_decay=self.weight_decay)
+        checkpoints = EpochCheckpoints(context.checkpoint_dir)
         best = self.keep_checkpoint == "best_train_loss"
         monitor = TrainLossMonitor(optimizer, self.lr_schedule == "plateau", stop_patience=self.early_stopping_patience if best else None)
         steps_per_epoch = -(-len(samples) // self.batch_size)
@@ -354,9 +364,8 @@ class SOWA(AnomalyMethod):
             self.load_trainable_state_dict(resume["state"])
             optimizer.load_state_dict(resume["optimizer"])
             start_epoch, losses = resume["epoch"] + 1, list(resume["losses"])
-        mosaic = any(s.dataset in self.mosaic_datasets or Path(s.root).name in self.mosaic_datasets for s in samples)
         schedule = TrainingSchedule(
-            epochs=self.epochs, batch_size=self.batch_size, mosaic_rate=self.mosaic_prob if mosaic else 0.0, seed=self.seed,
+            epochs=self.epochs, batch_size=self.batch_size, mosaic_rate=self.mosaic_rate, seed=seed,
             mask_threshold=self.train_mask_threshold, mosaic_label_fix=self.mosaic_label_fix,
         )
         was_training = self.training
@@ -364,16 +373,16 @@ class SOWA(AnomalyMethod):
 
         def end_epoch(epoch: int, so_far: list[float]) -> bool:
             checkpoints.save(epoch, self.trainable_state_dict(), optimizer, losses + so_far)
-            torch.manual_seed(self.seed + epoch + 1)
+            torch.manual_seed(seed + epoch + 1)
             return monitor.update(epoch, sum(so_far[-steps_per_epoch:]) / len(so_far[-steps_per_epoch:]), self.trainable_state_dict)
 
         # Attention-dropout draws are seeded per epoch so that a resumed fit equals an uninterrupted one.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.seed + start_epoch)
+            torch.manual_seed(seed + start_epoch)
             if not stopped:
                 losses += train_segmentation(
                     samples, self.training_loss, optimizer, schedule, image_size=self.image_size,
-                    normalization=self.normalization, device=self.device, start_epoch=start_epoch, progress=progress,
+                    normalization=self.normalization, device=self.device, start_epoch=start_epoch, progress=context.progress,
                     on_epoch_end=end_epoch,
                 )
         last_epoch = len(losses) // steps_per_epoch - 1

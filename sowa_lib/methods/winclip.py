@@ -37,14 +37,14 @@ the paper is silent the default is anomalib's choice and the alternative is the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from sowa_lib.backbones.clip import ClipBackbone, as_backbone
 from sowa_lib.features import frozen_features
-from sowa_lib.methods.base import AnomalyMethod, Prediction, check_choice
+from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext, check_choice
 from sowa_lib.ops import MemoryBank, gaussian_blur, resize_maps
 from sowa_lib.prompts import (
     AVERAGING_RULES,
@@ -112,6 +112,7 @@ class WinCLIP(AnomalyMethod):
         self,
         backbone: ClipBackbone | str = "ViT-B-16-plus-240",
         pretrained: str | None = "laion400m_e31",
+        backbone_checkpoint: str | None = None,
         image_size: int = 240,
         scales: Sequence[int] = (2, 3),
         temperature: float = 0.07,
@@ -127,13 +128,14 @@ class WinCLIP(AnomalyMethod):
         smoothing_sigma: float = 0.0,
     ) -> None:
         """Defaults are anomalib 2.7.0's; each option is a fidelity switch of the module docstring.
-        ``use_class_name=False`` puts anomalib's default ``"object"`` in every prompt."""
+        ``use_class_name=False`` puts anomalib's default ``"object"`` in every prompt. ``pretrained``:
+        an open_clip tag or None (random); ``backbone_checkpoint``: a local file of the CLIP weights instead."""
         super().__init__()
         for option, value, choices in (("templates", templates, WINCLIP_TEMPLATE_SETS), ("abnormal_states", abnormal_states, WINCLIP_ABNORMAL_STATES),
                                        ("text_averaging", text_averaging, AVERAGING_RULES), ("patch_layer", patch_layer, PATCH_LAYERS),
                                        ("zero_shot_mean", zero_shot_mean, MEANS), ("few_shot_mean", few_shot_mean, MEANS), ("fusion", fusion, MEANS)):
             check_choice(option, value, tuple(choices))
-        self.clip = as_backbone(backbone, pretrained, image_size=image_size, quick_gelu=False)
+        self.clip = as_backbone(backbone, pretrained, checkpoint=backbone_checkpoint, image_size=image_size, quick_gelu=False)
         self.image_size = self.clip.image_size
         self.grid = (self.clip.grid_size, self.clip.grid_size)
         self.scales = tuple(scales)
@@ -151,6 +153,14 @@ class WinCLIP(AnomalyMethod):
 
     def masks(self, scale: int) -> torch.Tensor:
         return getattr(self, f"masks_{scale}")
+
+    def frozen_forward(self, images: torch.Tensor) -> Any:
+        """The frozen CLIP image encoder's plain forward (what :mod:`sowa_lib.speed` compares to)."""
+        return self.clip.encode_image(images)
+
+    @property
+    def weights_id(self) -> str:
+        return self.clip.weights_id
 
     def text_features(self, category: str) -> torch.Tensor:
         """``[2, D]`` averaged embeddings of the normal and anomalous prompts (§2.2), cached; the cache
@@ -204,7 +214,7 @@ class WinCLIP(AnomalyMethod):
         return mean_of(maps, self.few_shot_mean)
 
     @torch.no_grad()
-    def set_references(self, images: torch.Tensor, category: str) -> None:
+    def set_references(self, images: torch.Tensor, category: str, context: RunContext | None = None) -> None:
         """Patch and window memories of the K references (§2.2 few-shot); K = 0 clears them."""
         if len(images) == 0:
             self.memory.clear()
