@@ -41,7 +41,7 @@ from torch import nn
 
 from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
 from sowa_lib.data.download import file_hashes
-from sowa_lib.profiles import REPO_ROOT
+from sowa_lib.data.prepare import REPO_DATA
 from sowa_lib.methods.sowa_adapter import ContinuousPositionBias, HFWAAdapter
 
 APRIL_GAN_KEY = "trainable_linearlayer"
@@ -111,7 +111,7 @@ def official_name(method: str, trained_on: str) -> str:
 #: difference, ``profiles.SMOKE_DIFFERENCES``): random weights of the real architecture written in the
 #: official format under ``SMOKE_DIR`` on first use, so the smoke reads the authors' format end to end.
 SMOKE_PREFIX = "smoke:"
-SMOKE_DIR = REPO_ROOT / "data" / "smoke" / "official"
+SMOKE_DIR = REPO_DATA / "smoke" / "official"
 
 
 def smoke_checkpoint(name: str, method: Any) -> Path:
