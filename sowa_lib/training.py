@@ -5,8 +5,9 @@ trained weights (:func:`save_checkpoint`). April-GAN and SOWA train through
 
 Supervised segmentation training on auxiliary samples (April-GAN, SOWA; spec april_gan_winclip_peers
 §1.7; sowa §2.1-§2.4): the *test* split of the auxiliary dataset with its masks, shuffled batches,
-each sample replaced by a 2×2 mosaic with probability ``mosaic_rate``, images resized to the method's size and normalised, masks resized bilinearly and
-thresholded at 0.5. The method supplies the loss and the optimizer; this module only feeds batches.
+each sample replaced by a 2×2 mosaic with probability ``mosaic_rate``, images resized to the
+method's size and normalised, masks resized bilinearly and thresholded at 0.5. The method supplies
+the loss and the optimizer; this module only feeds batches.
 
 Shuffling and mosaic draws are seeded per epoch (``seed``, ``epoch``), so a run resumed from an
 epoch checkpoint continues exactly as an uninterrupted one.
@@ -200,11 +201,11 @@ def batch_count(n_items: int, batch_size: int, drop_last: bool = False) -> int:
 def shuffled_batches(n_items: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> list[torch.Tensor]:
     """One epoch's index batches of a ``torch.randperm`` drawn from ``generator`` (on its device);
     with ``drop_last`` the last partial batch is dropped (ViTAD's loader)."""
-    if batch_count(n_items, batch_size, drop_last) == 0:
+    count = batch_count(n_items, batch_size, drop_last)
+    if count == 0:
         raise ValueError(f"drop_last=True with {n_items} training images < batch_size={batch_size} trains nothing; "
                          "lower batch_size or pass drop_last=False")
-    batches = list(torch.randperm(n_items, generator=generator, device=generator.device).split(batch_size))
-    return batches[: batch_count(n_items, batch_size, drop_last)]
+    return list(torch.randperm(n_items, generator=generator, device=generator.device).split(batch_size))[:count]
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

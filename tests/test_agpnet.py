@@ -164,7 +164,7 @@ def test_ema_update_on_a_toy_module() -> None:
 
 def test_paper_training_defaults() -> None:
     defaults = {name: p.default for name, p in inspect.signature(AGPNet.__init__).parameters.items()}
-    assert (defaults["ema_momentum"], defaults["ema_every"], defaults["lr_decay_fraction"]) == (0.9999, 10, 0.4)
+    assert (defaults["ema_momentum"], defaults["ema_every"], defaults["learning_rate_decay_fraction"]) == (0.9999, 10, 0.4)
     assert (defaults["few_shot_folds"], defaults["batch_size"], defaults["epochs"], defaults["decoder_depth"]) == (32, 32, 500, 4)
 
 
@@ -432,7 +432,7 @@ def test_weights_id_and_frozen_forward_of_every_extractor() -> None:
     """What the runner records (``weights_id``) and what speed times (``frozen_forward``) for each backbone family."""
     dino = tiny()
     images = torch.randn(1, 3, SIZE, SIZE)
-    assert dino.weights_id == "tiny-dino:random" and dino.config()["pretrained"] == "default"
+    assert dino.weights_id == dino.config()["pretrained"] == "tiny-dino:random"
     assert torch.equal(dino.frozen_forward(images), dino.extractor.backbone.model.forward_features(images))
     cnn = tiny(backbone="tiny_resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2)
     assert cnn.weights_id.endswith(":random") and set(cnn.frozen_forward(images)) == {"layer4"}

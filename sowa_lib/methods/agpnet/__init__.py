@@ -32,7 +32,7 @@ paper's count fits no documented configuration. ``decoder_mlp_ratio`` is an opti
 be matched; the default stays the spec's 4. :func:`~sowa_lib.methods.agpnet.unstated.learnable_parameters` counts a
 configuration.
 
-The package: :mod:`~sowa_lib.methods.agpnet.model` (decoder and method), :mod:`~sowa_lib.methods.agpnet.perturbation`
+The package: :mod:`~sowa_lib.methods.agpnet.model` (the method), :mod:`~sowa_lib.methods.agpnet.decoder`, :mod:`~sowa_lib.methods.agpnet.perturbation`
 (schedules, noise masks, EMA, losses, few-shot augmentation), :mod:`~sowa_lib.methods.agpnet.extractor`
 (which backbone tap adapter, :mod:`sowa_lib.backbones`), :mod:`~sowa_lib.methods.agpnet.unstated`
 (the [V]/[?] table, Table 9's parameter count). Training runs on :mod:`sowa_lib.training`.

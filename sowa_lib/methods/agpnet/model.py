@@ -1,5 +1,4 @@
-"""AGPNet, the method (spec agpnet §1–3): the reconstruction decoder and :class:`AGPNet`, its
-inference, perturbation and training. Tags and equations: :mod:`sowa_lib.methods.agpnet`."""
+"""AGPNet, the method (spec agpnet §1–3): :class:`AGPNet`, its inference, perturbation and training. Tags and equations: :mod:`sowa_lib.methods.agpnet`."""
 from __future__ import annotations
 
 import copy
@@ -9,14 +8,14 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from sowa_lib import ops
-from sowa_lib.backbones.dino import DINO_IMAGE_SIZE, DINO_VIT_S16, TINY_DINO, explicit_attention
+from sowa_lib.backbones.dino import DINO_IMAGE_SIZE, DINO_VIT_S16, TINY_DINO
 from sowa_lib.backbones.taps import minmax_per_sample
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images
+from sowa_lib.methods.agpnet.decoder import ReconstructionDecoder
 from sowa_lib.methods.agpnet.extractor import build_extractor
 from sowa_lib.methods.agpnet.perturbation import (
     ema_update, feature_noise_intensity, flat_cosine_loss, image_noise_ratio, learning_rate_factor, rotate_flip_augment,
@@ -35,46 +34,6 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 BASE_LR, LR_REFERENCE_BATCH = 1e-4, 8
 #: Decoder width and heads behind a CNN extractor, which has no ViT width to follow [?]: ViT-S's.
 CNN_DECODER_DIM, CNN_DECODER_HEADS = 384, 6
-
-
-class ReconstructionDecoder(nn.Module):
-    """Plain ViT decoder: ViTAD's fusion ``Linear(C, C)`` on the fused features (``fusion``) [V],
-    learnable position embedding (no CLS) [V], ``depth`` pre-norm timm blocks (4 [P]; MLP ratio 4,
-    qkv bias [V]), no final norm [V]. When the feature width differs from the decoder width (CNN
-    backbones) linear in/out projections map between them, as UniAD does [?]. Every Linear, the
-    fusion included, gets timm's ViT initialisation [?: ViTAD builds its fusion apart]."""
-
-    def __init__(
-        self, feature_dim: int, tokens: int, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, fusion: bool = True
-    ) -> None:
-        super().__init__()
-        self.fusion = nn.Linear(feature_dim, feature_dim) if fusion else nn.Identity()
-        self.in_proj = nn.Identity() if feature_dim == dim else nn.Linear(feature_dim, dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth))
-        self.out_proj = nn.Identity() if feature_dim == dim else nn.Linear(dim, feature_dim)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for module in self.modules():  # timm's ViT init, as ViTAD's timm-built decoder [V]
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.in_proj(self.fusion(features)) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.out_proj(x)
-
-    @torch.no_grad()
-    def attention_received(self, features: torch.Tensor) -> torch.Tensor:
-        """Learnable mask source ``[N, T]``: the attention each token receives as a key, averaged over
-        queries, heads and blocks (the decoder has no CLS token to read a row from) [?]."""
-        x = self.in_proj(self.fusion(features)) + self.pos_embed
-        received = []
-        for block in self.blocks:
-            received.append(explicit_attention(block, x).mean(dim=(1, 2)))
-            x = block(x)
-        return torch.stack(received).mean(0)
 
 
 class AGPNet(AnomalyMethod):
@@ -126,7 +85,7 @@ class AGPNet(AnomalyMethod):
         batch_size: int = 32,
         learning_rate: float | None = None,
         weight_decay: float = 1e-4,
-        lr_decay_fraction: float = 0.4,
+        learning_rate_decay_fraction: float = 0.4,
         feature_noise: str = "attention",
         image_noise: str = "attention",
         feature_noise_scale: float | None = None,
@@ -149,7 +108,7 @@ class AGPNet(AnomalyMethod):
         image_interpolation: str = "bilinear",
         seed: int = 0,
     ) -> None:
-        """Defaults reproduce the paper (tags as in the module docstring).
+        """Defaults reproduce the paper (tags as in the package docstring, :mod:`sowa_lib.methods.agpnet`).
 
         setting: "multi_class" [P headline] / "one_class" / "few_shot".
         backbone, pretrained: DINO ViT-S/16 [P] via timm, ``pretrained`` "default" (each family's usual
@@ -159,10 +118,10 @@ class AGPNet(AnomalyMethod):
         image_size: 256 [V]. taps: 0-based blocks (2, 5, 8, 11) [V-style, ?]; attention_blocks: whose
             CLS attention forms the prior, default the taps ("the associated attention maps") [P].
         decoder_depth 4 [P]; decoder_dim / decoder_heads: default the extractor's width / heads
-            (384 / 6 for ViT-S [P]; CNNs: 384 / 6 [?]); decoder_mlp_ratio 4 [V] (module docstring:
+            (384 / 6 for ViT-S [P]; CNNs: 384 / 6 [?]); decoder_mlp_ratio 4 [V] (package docstring:
             why the parameter count exceeds the paper's 4.42 M).
         epochs 500, batch_size 32 [P]; learning_rate: default ``BASE_LR``·batch/``LR_REFERENCE_BATCH`` [V];
-            weight_decay 1e-4 [V]; learning rate × 0.1 after ``lr_decay_fraction`` of the epochs (200/500) [P].
+            weight_decay 1e-4 [V]; learning rate × 0.1 after ``learning_rate_decay_fraction`` of the epochs (200/500) [P].
         feature_noise_scale: None = the 0 → 1 schedule [P]; a float fixes λ (Table 7 ablation).
         noise_gamma γ = 1 [?]; image_noise_std = 1 in normalised pixel units [?].
         random_image_region: where ``image_noise="random"`` adds noise (spec §2: "the same noise with a
@@ -172,7 +131,7 @@ class AGPNet(AnomalyMethod):
         mask_source "both" [P best]; mean_teacher True, ema_momentum 0.9999, ema_every 10 steps [P].
         distance "cosine" [V] or "l2"; smoothing_sigma 4 [V]; score_pool 16 (stride 1) [V].
         few_shot_folds 32 [P]; few_shot_epochs: default ``epochs`` (the paper gives none for few-shot) [?].
-        ViTAD's training details, the paper silent on each [V] (module docstring): fusion True (a
+        ViTAD's training details, the paper silent on each [V] (package docstring): fusion True (a
             learnable Linear(C, C) before the decoder; False: none), weight_decay_params "matrices"
             (decay only ≥ 2-D non-bias tensors; "all": every tensor), grad_clip_norm 5.0 (None: no
             clipping), drop_last True (the last partial batch of an epoch is dropped), image_interpolation
@@ -196,7 +155,8 @@ class AGPNet(AnomalyMethod):
         )
         self.weight_decay_params, self.grad_clip_norm, self.drop_last = weight_decay_params, grad_clip_norm, drop_last
         self.interpolation = image_interpolation
-        self.epochs, self.batch_size, self.weight_decay, self.lr_decay_fraction = epochs, batch_size, weight_decay, lr_decay_fraction
+        self.epochs, self.batch_size, self.weight_decay = epochs, batch_size, weight_decay
+        self.learning_rate_decay_fraction = learning_rate_decay_fraction
         self.learning_rate = learning_rate if learning_rate is not None else BASE_LR * batch_size / LR_REFERENCE_BATCH
         self.feature_noise, self.image_noise, self.mask_source = feature_noise, image_noise, mask_source
         self.feature_noise_scale, self.noise_gamma, self.image_noise_std = feature_noise_scale, noise_gamma, image_noise_std
@@ -215,6 +175,10 @@ class AGPNet(AnomalyMethod):
         device = self.device
         self.decoder = decoder.to(device)
         self.teacher = copy.deepcopy(self.decoder).requires_grad_(False)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor options, with ``pretrained`` resolved to the weights actually loaded (:attr:`weights_id`)."""
+        return {**super().config(), "pretrained": self.weights_id}
 
     @property
     def weights_id(self) -> str:
@@ -354,11 +318,11 @@ class AGPNet(AnomalyMethod):
         if (snapshot := checkpoints.restore(self.load_trainable_state_dict, optimizer)) is not None:
             generator.set_state(snapshot["generator"])
             previous = list(snapshot["losses"])
-        steps = len(previous)
+        steps, per_epoch = len(previous), batch_count(len(images), self.batch_size, self.drop_last)
 
         def set_learning_rate(epoch: int) -> None:
             for group in optimizer.param_groups:
-                group["lr"] = self.learning_rate * learning_rate_factor(epoch + 1, epochs, self.lr_decay_fraction)
+                group["lr"] = self.learning_rate * learning_rate_factor(epoch + 1, epochs, self.learning_rate_decay_fraction)
 
         def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, int]]:
             for index in shuffled_batches(len(images), self.batch_size, generator, self.drop_last):
@@ -370,19 +334,20 @@ class AGPNet(AnomalyMethod):
             if self.mean_teacher and steps % self.ema_every == 0:
                 ema_update(self.teacher, self.decoder, self.ema_momentum)
 
+        def clip_gradients() -> None:
+            nn.utils.clip_grad_norm_(self.decoder.parameters(), self.grad_clip_norm)
+
         self.decoder.train()
         losses = previous + train_epochs(
             epoch_batches, lambda batch: self.training_loss(*batch, epochs, generator), optimizer, epochs,
             start_epoch=snapshot["epoch"] + 1 if snapshot is not None else 0,
-            steps_per_epoch=batch_count(len(images), self.batch_size, self.drop_last), on_epoch_start=set_learning_rate,
-            clip_gradients=None if self.grad_clip_norm is None else lambda: nn.utils.clip_grad_norm_(self.decoder.parameters(), self.grad_clip_norm),
-            after_step=follow_teacher, progress=context.progress, desc="agpnet",
+            steps_per_epoch=per_epoch, on_epoch_start=set_learning_rate,
+            clip_gradients=clip_gradients if self.grad_clip_norm is not None else None, after_step=follow_teacher, progress=context.progress, desc="agpnet",
             on_epoch_end=lambda epoch, so_far: checkpoints.save(epoch, self.trainable_state_dict(), optimizer, previous + so_far,
                                                                 generator=generator.get_state()),
         )
         self.decoder.eval()
-        epoch_losses = epoch_mean_losses(losses, batch_count(len(images), self.batch_size, self.drop_last))
-        return {"loss": epoch_losses, "epochs": epochs, "steps": len(losses), "images": len(images)}
+        return {"loss": epoch_mean_losses(losses, per_epoch), "epochs": epochs, "steps": len(losses), "images": len(images)}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: ``weight_decay`` on ≥ 2-D non-bias tensors only (ViTAD, ``"matrices"``) or on all."""

@@ -27,7 +27,7 @@ TAGS = {"V": "inherited from ViTAD, not stated in the AGPNet paper", "?": "our c
 #: the signature, so this table cannot drift from the code.
 UNSTATED_OPTIONS: dict[str, tuple[str, str]] = {
     "image_size": ("V", "input size in px; a 16×16 token grid at patch 16"),
-    "decoder_mlp_ratio": ("V", "timm ViT block default, as ViTAD's decoder; more parameters than Table 9 counts (module docstring)"),
+    "decoder_mlp_ratio": ("V", "timm ViT block default, as ViTAD's decoder; more parameters than Table 9 counts (sowa_lib.methods.agpnet docstring)"),
     "weight_decay": ("V", "AdamW weight decay"),
     "noise_gamma": ("?", "γ of eq. 4, on top of the λ(t) schedule"),
     "image_noise_std": ("?", "σ of the image-level Gaussian noise, in normalised pixel units"),
