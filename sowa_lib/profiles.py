@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from sowa_lib.methods import SMOKE_METHOD_OPTIONS, method_profile_options
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -130,11 +132,6 @@ SMOKE_DIFFERENCES: dict[str, Any] = {
     "device": "cpu unless asked (the paper profile: cuda)",
     "official checkpoints": "files written in the authors' formats from random weights (sowa_lib.methods.official_weights)",
 }
-SMOKE_METHOD_OPTIONS: dict[str, Any] = {
-    "pretrained": None,  # random weights of the real architectures (open_clip, timm, torchvision)
-    "epochs": 1,  # April-GAN's 3/15 and AGPNet's 500 epochs; SOWA's is 1 already
-    "few_shot_epochs": 1,  # AGPNet few-shot (its paper folds: 32 views of each reference, K batches of 32)
-}
 PROFILES = ("demo", "smoke", "paper")
 
 
@@ -142,16 +139,6 @@ def smoke_profile(data_root: Path | None = None, results_dir: Path | None = None
     """The paper profile on fabricated data (``<repo>/data/smoke`` by default), with :data:`SMOKE_DIFFERENCES`."""
     paper = paper_profile(Path(data_root or REPO_ROOT / "data" / "smoke"), results_dir, device)
     return replace(paper, name="smoke", seeds=SMOKE_DIFFERENCES["seeds"])
-
-
-def method_profile_options(options: Iterable[str], method_profiles: dict[str, dict[str, Any]], profile: str | None) -> dict[str, Any]:
-    """Constructor options of a method in ``profile``: its ``profiles`` entry (``paper``: none, the
-    constructor defaults are the reference's), and for ``smoke`` the paper's plus those of
-    :data:`SMOKE_METHOD_OPTIONS` that the constructor has (``options``: its option names)."""
-    if profile == "smoke":
-        known = set(options)
-        return {**method_profiles.get("paper", {}), **{k: v for k, v in SMOKE_METHOD_OPTIONS.items() if k in known}}
-    return dict(method_profiles.get(profile or "paper", {}))
 
 
 def profile_note(profile: str) -> str:

@@ -1,9 +1,13 @@
-"""Supervised segmentation training on auxiliary samples, shared by April-GAN and SOWA.
+"""The training machinery of every trained method: one loop (:func:`train_epochs`), one kind of epoch
+snapshot to resume from (:class:`EpochCheckpoints`) and one fingerprinted checkpoint format for
+trained weights (:func:`save_checkpoint`). April-GAN and SOWA train through
+:func:`train_segmentation`, AGPNet feeds its own batches of target images to :func:`train_epochs`.
 
-The protocol (spec april_gan_winclip_peers §1.7; sowa §2.1-§2.4): the *test* split of the auxiliary
-dataset with its masks, shuffled batches, each sample replaced by a 2×2 mosaic with probability
-``mosaic_rate``, images resized to the method's size and normalised, masks resized bilinearly and
-thresholded at 0.5. The method supplies the loss and the optimizer; this module only feeds batches.
+Supervised segmentation training on auxiliary samples (April-GAN, SOWA; spec april_gan_winclip_peers
+§1.7; sowa §2.1-§2.4): the *test* split of the auxiliary dataset with its masks, shuffled batches,
+each sample replaced by a 2×2 mosaic with probability ``mosaic_rate``, images resized to the
+method's size and normalised, masks resized bilinearly and thresholded at 0.5. The method supplies
+the loss and the optimizer; this module only feeds batches.
 
 Shuffling and mosaic draws are seeded per epoch (``seed``, ``epoch``), so a run resumed from an
 epoch checkpoint continues exactly as an uninterrupted one.
@@ -23,7 +27,7 @@ import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -114,7 +118,8 @@ def train_segmentation(
     on_epoch_end: Callable[[int, list[float]], bool | None] | None = None,
     progress: bool = True,
 ) -> list[float]:
-    """Train for ``schedule.epochs`` epochs; returns the loss of every optimisation step.
+    """Train for ``schedule.epochs`` epochs (:func:`train_epochs`); returns the loss of every
+    optimisation step.
 
     ``loss_fn(batch)`` returns the scalar to minimise for a :class:`TrainingBatch`. ``on_epoch_end(epoch, step_losses_so_far)`` runs after each epoch (checkpointing);
     training stops early when it returns True.
@@ -123,23 +128,62 @@ def train_segmentation(
     if not samples:
         raise ValueError("no training samples")
     pools = group_by_defect(samples)
-    steps_per_epoch = -(-len(samples) // schedule.batch_size)
-    losses: list[float] = []
-    bar = tqdm(total=(schedule.epochs - start_epoch) * steps_per_epoch, disable=not progress, desc="train")
-    for epoch in range(start_epoch, schedule.epochs):
+
+    def epoch_batches(epoch: int) -> Iterator[TrainingBatch]:
         rng = epoch_rng(schedule.seed, epoch)
         order = list(range(len(samples)))
         rng.shuffle(order)
         for start in range(0, len(order), schedule.batch_size):
-            batch = [samples[i] for i in order[start : start + schedule.batch_size]]
-            loss = loss_fn(load_training_batch(
-                batch, pools, rng, image_size=image_size, normalization=normalization,
-                mosaic_rate=schedule.mosaic_rate, device=device,
+            yield load_training_batch(
+                [samples[i] for i in order[start : start + schedule.batch_size]], pools, rng, image_size=image_size,
+                normalization=normalization, mosaic_rate=schedule.mosaic_rate, device=device,
                 mask_threshold=schedule.mask_threshold, mosaic_label_fix=schedule.mosaic_label_fix,
-            ))
+            )
+
+    return train_epochs(epoch_batches, loss_fn, optimizer, schedule.epochs, start_epoch=start_epoch,
+                        steps_per_epoch=batch_count(len(samples), schedule.batch_size), on_epoch_end=on_epoch_end, progress=progress)
+
+
+def train_epochs(
+    epoch_batches: Callable[[int], Iterable[Any]],
+    loss_fn: Callable[[Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    *,
+    start_epoch: int = 0,
+    steps_per_epoch: int | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+    clip_gradients: Callable[[], Any] | None = None,
+    after_step: Callable[[], None] | None = None,
+    on_epoch_end: Callable[[int, list[float]], bool | None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> list[float]:
+    """The one training loop of every trained method: epochs ``start_epoch .. epochs - 1`` (0-based;
+    earlier ones were done before a resume) of one optimisation step per batch of
+    ``epoch_batches(epoch)``; returns the loss of every step.
+
+    Per epoch: ``on_epoch_start(epoch)`` (a learning-rate schedule), then per batch ``loss_fn(batch)``,
+    ``zero_grad``, ``backward``, ``clip_gradients()``, ``optimizer.step()``, ``after_step()`` (a
+    mean-teacher update); after the epoch ``on_epoch_end(epoch, step_losses_so_far)`` (an epoch
+    snapshot, :class:`EpochCheckpoints`), which stops the training when it returns True.
+    ``steps_per_epoch`` only sizes the progress bar.
+    """
+    losses: list[float] = []
+    total = (epochs - start_epoch) * steps_per_epoch if steps_per_epoch is not None else None
+    bar = tqdm(total=total, disable=not progress, desc=desc)
+    for epoch in range(start_epoch, epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        for batch in epoch_batches(epoch):
+            loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_gradients is not None:
+                clip_gradients()
             optimizer.step()
+            if after_step is not None:
+                after_step()
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
@@ -147,6 +191,21 @@ def train_segmentation(
             break
     bar.close()
     return losses
+
+
+def batch_count(n_items: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches per epoch of ``n_items`` in batches of ``batch_size``; ``drop_last`` drops a partial last one."""
+    return n_items // batch_size if drop_last else -(-n_items // batch_size)
+
+
+def shuffled_batches(n_items: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> list[torch.Tensor]:
+    """One epoch's index batches of a ``torch.randperm`` drawn from ``generator`` (on its device);
+    with ``drop_last`` the last partial batch is dropped (ViTAD's loader)."""
+    count = batch_count(n_items, batch_size, drop_last)
+    if count == 0:
+        raise ValueError(f"drop_last=True with {n_items} training images < batch_size={batch_size} trains nothing; "
+                         "lower batch_size or pass drop_last=False")
+    return list(torch.randperm(n_items, generator=generator, device=generator.device).split(batch_size))[:count]
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -208,6 +267,8 @@ def claim_snapshot_dir(directory: Path, parts: dict[str, Any]) -> Path | None:
         directory.mkdir(parents=True)
         (directory / SNAPSHOT_MARKER).write_text(json.dumps({"fingerprint": expected, "config": parts}, indent=1, default=str))
     return moved
+
+
 class TrainLossMonitor:
     """What SOWA's Lightning callbacks do with each epoch's mean training loss (``train/loss``, sowa
     §2.3): ``ReduceLROnPlateau(mode="min", factor, patience)`` steps on it (``plateau``);
@@ -240,20 +301,35 @@ def epoch_mean_losses(step_losses: Sequence[float], steps_per_epoch: int) -> lis
 
 
 class EpochCheckpoints:
-    """One file per finished epoch (``epoch_003.pt``: trainable state, optimizer state, step losses,
-    and the folder's fingerprint, :func:`snapshot_fingerprint`); :meth:`latest` gives what a resumed
-    run starts from: the last snapshot written with the folder's current fingerprint."""
+    """The epoch snapshots of one training, what an interrupted training resumes from: one file per
+    finished epoch (``epoch_003.pt``: trainable state, optimizer state, step losses, the folder's
+    fingerprint (:func:`snapshot_fingerprint`), ``identity`` and any ``extra`` state such as a
+    generator's). :meth:`latest` gives what a resumed run starts from: the last snapshot written with
+    the folder's current fingerprint.
 
-    def __init__(self, directory: Path | str | None) -> None:
+    identity: what the training must match to resume from a snapshot (a method's configuration, the
+        size of its training set); a snapshot of another identity is refused with the parts that
+        differ (:class:`StaleCheckpointError`). None: not checked.
+    keep_last: keep only the newest snapshot (a long training whose earlier epochs nobody reloads).
+    """
+
+    def __init__(self, directory: Path | str | None, *, identity: dict[str, Any] | None = None, keep_last: bool = False) -> None:
         self.directory = Path(directory) if directory is not None else None
+        self.identity, self.keep_last = identity, keep_last
 
-    def save(self, epoch: int, state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, losses: list[float]) -> None:
+    def save(self, epoch: int, state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, losses: list[float],
+             **extra: Any) -> None:
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"epoch": epoch, "state": state, "optimizer": optimizer.state_dict(), "losses": list(losses),
-                   "fingerprint": snapshot_fingerprint(self.directory)}
-        atomic_torch_save(payload, self.directory / f"epoch_{epoch:03d}.pt")
+                   "fingerprint": snapshot_fingerprint(self.directory), "identity": self.identity, **extra}
+        path = self.directory / f"epoch_{epoch:03d}.pt"
+        atomic_torch_save(payload, path)
+        if self.keep_last:
+            for older in self.directory.glob("epoch_*.pt"):
+                if older != path:
+                    older.unlink()
 
     def load(self, epoch: int) -> dict[str, Any]:
         """The checkpoint written after ``epoch``."""
@@ -266,5 +342,21 @@ class EpochCheckpoints:
         for path in sorted(self.directory.glob("epoch_*.pt"), reverse=True):
             snapshot = torch.load(path, map_location="cpu", weights_only=True)
             if snapshot.get("fingerprint") == expected:
+                self._check_identity(path, snapshot.get("identity"))
                 return snapshot
         return None
+
+    def restore(self, load_state: Callable[[dict[str, torch.Tensor]], None], optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """The :meth:`latest` snapshot, its state given to ``load_state`` and its optimizer state
+        loaded; None (nothing restored) when there is none."""
+        snapshot = self.latest()
+        if snapshot is not None:
+            load_state(snapshot["state"])
+            optimizer.load_state_dict(snapshot["optimizer"])
+        return snapshot
+
+    def _check_identity(self, path: Path, saved: dict[str, Any] | None) -> None:
+        if self.identity is not None and saved != self.identity:
+            differs = fingerprint.differing_keys(saved, self.identity)
+            raise StaleCheckpointError(f"{path} was written by another training (differs: {', '.join(differs)}); "
+                                       f"delete {path.parent} to start over, or resume with the options it was written with")

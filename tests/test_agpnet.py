@@ -14,20 +14,24 @@ from PIL import Image
 from torch import nn
 
 from sowa_lib import metrics, methods
+from sowa_lib.backbones.taps import layer_norm_sum, minmax_per_sample
 from sowa_lib.backbones.weights import WeightsNotFoundError
 from sowa_lib.backbones.dino import TINY_DINO, explicit_attention, load_dino
 from sowa_lib.data import demo
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
-from sowa_lib.methods import agpnet
-from sowa_lib.methods.agpnet import AGPNet
+from sowa_lib.methods.agpnet import AGPNet, extractor, model as agpnet_model, perturbation, unstated
+from sowa_lib.methods.base import RunContext
+from sowa_lib.training import EpochCheckpoints, StaleCheckpointError, shuffled_batches
+
+QUIET = RunContext(progress=False)
 
 SIZE = 64  # tiny-dino at 64 px: a 4×4 token grid
 
 
 def tiny(**overrides) -> AGPNet:
-    options = dict(backbone=TINY_DINO, image_size=SIZE, taps=(0, 1, 2, 3), epochs=4, batch_size=4, lr=1e-3,
-                   ema_every=1, ema_momentum=0.9, gaussian_sigma=1.0, score_pool=4, few_shot_folds=4)
+    options = dict(backbone=TINY_DINO, image_size=SIZE, taps=(0, 1, 2, 3), epochs=4, batch_size=4, learning_rate=1e-3,
+                   ema_every=1, ema_momentum=0.9, smoothing_sigma=1.0, score_pool=4, few_shot_folds=4)
     return methods.build("agpnet", **{**options, **overrides})
 
 
@@ -113,24 +117,27 @@ def test_dino_loads_a_local_checkpoint_and_resamples_the_grid(tmp_path: Path) ->
     source = load_dino(TINY_DINO, None, image_size=SIZE, seed=3)
     path = tmp_path / "dino.pth"
     torch.save(source.model.state_dict(), path)
-    same = load_dino(TINY_DINO, path, image_size=SIZE)
+    same = load_dino(TINY_DINO, None, checkpoint=path, image_size=SIZE)
     images = torch.randn(1, 3, SIZE, SIZE)
     torch.testing.assert_close(same(images, [3])[0][0], source(images, [3])[0][0])
-    bigger = load_dino(TINY_DINO, path, image_size=2 * SIZE)
+    assert source.weights_id == "tiny-dino:random" and same.weights_id.startswith("tiny-dino:file:") and len(same.weights_id) == 27
+    bigger = load_dino(TINY_DINO, None, checkpoint=path, image_size=2 * SIZE)
     assert bigger.model.pos_embed.shape[1] == 1 + 64
     torch.testing.assert_close(bigger.model.pos_embed[:, 0], source.model.pos_embed[:, 0])
 
 
 def test_missing_dino_file_says_what_to_download_and_where() -> None:
-    with pytest.raises(WeightsNotFoundError, match=r"dino_deitsmall16_pretrain\.pth.*pretrained="):
-        load_dino(pretrained="/nonexistent/dino_deitsmall16_pretrain.pth")
+    with pytest.raises(WeightsNotFoundError, match=r"dino_deitsmall16_pretrain\.pth.*checkpoint="):
+        load_dino(pretrained=None, checkpoint="/nonexistent/dino_deitsmall16_pretrain.pth")
+    with pytest.raises(ValueError, match="either pretrained"):
+        load_dino(checkpoint="/nonexistent/dino_deitsmall16_pretrain.pth")  # the default tag and a file
 
 
 # ------------------------------------------------------------------------------- schedules
 
 
 def test_schedules_at_their_end_points_for_the_paper_500_epochs() -> None:
-    lam, ratio, lr = agpnet.feature_noise_intensity, agpnet.image_noise_ratio, agpnet.learning_rate_factor
+    lam, ratio, lr = perturbation.feature_noise_intensity, perturbation.image_noise_ratio, perturbation.learning_rate_factor
     assert lam(1, 500) == 0.0 and lam(400, 500) == 1.0 and lam(500, 500) == 1.0
     assert lam(200, 500) == pytest.approx(199 / 399)
     assert ratio(1, 500) == 0.6 and ratio(100, 500) == 0.6 and ratio(400, 500) == 1.0 and ratio(500, 500) == 1.0
@@ -139,9 +146,9 @@ def test_schedules_at_their_end_points_for_the_paper_500_epochs() -> None:
 
 
 def test_schedules_keep_their_shape_when_compressed() -> None:
-    assert [agpnet.feature_noise_intensity(e, 5) for e in range(1, 6)] == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])
-    assert [agpnet.image_noise_ratio(e, 5) for e in range(1, 6)] == pytest.approx([0.6, 0.6 + 0.4 / 3, 0.6 + 0.8 / 3, 1, 1])
-    assert [agpnet.learning_rate_factor(e, 5) for e in range(1, 6)] == [1, 1, 0.1, 0.1, 0.1]
+    assert [perturbation.feature_noise_intensity(e, 5) for e in range(1, 6)] == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])
+    assert [perturbation.image_noise_ratio(e, 5) for e in range(1, 6)] == pytest.approx([0.6, 0.6 + 0.4 / 3, 0.6 + 0.8 / 3, 1, 1])
+    assert [perturbation.learning_rate_factor(e, 5) for e in range(1, 6)] == [1, 1, 0.1, 0.1, 0.1]
 
 
 def test_ema_update_on_a_toy_module() -> None:
@@ -149,7 +156,7 @@ def test_ema_update_on_a_toy_module() -> None:
     with torch.no_grad():
         student.weight.copy_(torch.tensor([[1.0, 2.0]])), student.bias.fill_(4.0)
         teacher.weight.copy_(torch.tensor([[0.0, 10.0]])), teacher.bias.fill_(0.0)
-    agpnet.ema_update(teacher, student, momentum=0.75)
+    perturbation.ema_update(teacher, student, momentum=0.75)
     torch.testing.assert_close(teacher.weight, torch.tensor([[0.25, 8.0]]))
     torch.testing.assert_close(teacher.bias, torch.tensor([1.0]))
     torch.testing.assert_close(student.weight, torch.tensor([[1.0, 2.0]]))  # the student is untouched
@@ -157,24 +164,24 @@ def test_ema_update_on_a_toy_module() -> None:
 
 def test_paper_training_defaults() -> None:
     defaults = {name: p.default for name, p in inspect.signature(AGPNet.__init__).parameters.items()}
-    assert (defaults["ema_momentum"], defaults["ema_every"], defaults["lr_decay_fraction"]) == (0.9999, 10, 0.4)
+    assert (defaults["ema_momentum"], defaults["ema_every"], defaults["learning_rate_decay_fraction"]) == (0.9999, 10, 0.4)
     assert (defaults["few_shot_folds"], defaults["batch_size"], defaults["epochs"], defaults["decoder_depth"]) == (32, 32, 500, 4)
 
 
 def test_teacher_follows_every_ema_every_steps_inside_training(dataset, monkeypatch) -> None:
     calls = []
-    real_update = agpnet.ema_update
+    real_update = perturbation.ema_update
 
     def recording_update(teacher, student, momentum):
         calls.append(momentum)
         real_update(teacher, student, momentum)
 
-    monkeypatch.setattr(agpnet, "ema_update", recording_update)
+    monkeypatch.setattr(agpnet_model, "ema_update", recording_update)
     model = tiny(epochs=3, batch_size=2, ema_every=4, ema_momentum=0.5)
-    log = model.fit(dataset["train"][:6], progress=False)  # 3 batches × 3 epochs = 9 steps
+    log = model.fit(dataset["train"][:6], QUIET)  # 3 batches × 3 epochs = 9 steps
     assert log["steps"] == 9 and len(calls) == log["steps"] // 4 and calls == [0.5, 0.5]  # after steps 4 and 8
     calls.clear()
-    tiny(epochs=3, batch_size=2, ema_every=4, mean_teacher=False).fit(dataset["train"][:6], progress=False)
+    tiny(epochs=3, batch_size=2, ema_every=4, mean_teacher=False).fit(dataset["train"][:6], QUIET)
     assert calls == []
 
 
@@ -183,30 +190,30 @@ def test_teacher_follows_every_ema_every_steps_inside_training(dataset, monkeypa
 
 def test_minmax_and_top_ratio_mask_by_hand() -> None:
     values = torch.tensor([[2.0, 4.0, 3.0, 6.0], [1.0, 1.0, 1.0, 1.0]])
-    assert agpnet.minmax_per_sample(values).tolist() == [[0.0, 0.5, 0.25, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    assert minmax_per_sample(values).tolist() == [[0.0, 0.5, 0.25, 1.0], [0.0, 0.0, 0.0, 0.0]]
     scores = torch.tensor([[[0.1, 0.9], [0.5, 0.3]]])
-    assert agpnet.top_ratio_mask(scores, 0.5).tolist() == [[[False, True], [True, False]]]
-    assert agpnet.top_ratio_mask(scores, 1.0).all() and agpnet.top_ratio_mask(torch.rand(3, 10, 10), 0.6).sum() == 180
+    assert perturbation.top_ratio_mask(scores, 0.5).tolist() == [[[False, True], [True, False]]]
+    assert perturbation.top_ratio_mask(scores, 1.0).all() and perturbation.top_ratio_mask(torch.rand(3, 10, 10), 0.6).sum() == 180
 
 
 def test_losses_and_distances_by_hand() -> None:
     a = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     b = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
-    assert agpnet.token_distance(a, b, "cosine")[0].tolist() == pytest.approx([0.0, 1.0])
-    assert agpnet.token_distance(a, b, "l2")[0].tolist() == pytest.approx([0.0, math.sqrt(2)])
+    assert perturbation.token_distance(a, b, "cosine")[0].tolist() == pytest.approx([0.0, 1.0])
+    assert perturbation.token_distance(a, b, "l2")[0].tolist() == pytest.approx([0.0, math.sqrt(2)])
     # flattened [1, 0, 0, 1] vs [1, 0, 1, 0]: cos = 1/2
-    assert agpnet.flat_cosine_loss(a, b).item() == pytest.approx(0.5)
+    assert perturbation.flat_cosine_loss(a, b).item() == pytest.approx(0.5)
 
 
 def test_target_is_the_sum_of_individually_layer_normed_taps() -> None:
     taps = [torch.randn(2, 4, 6) * 5 + 3, torch.randn(2, 4, 6)]
     by_hand = sum((t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-5) for t in taps)
-    torch.testing.assert_close(agpnet.layer_norm_sum(taps), by_hand)
+    torch.testing.assert_close(layer_norm_sum(taps), by_hand)
 
 
 def test_rotate_flip_augmentation_is_32_fold() -> None:
     images = torch.randn(2, 3, 8, 8)
-    views = agpnet.rotate_flip_augment(images, 32)
+    views = perturbation.rotate_flip_augment(images, 32)
     assert views.shape == (64, 3, 8, 8)
     assert torch.equal(views[:2], images) and torch.equal(views[2:4], images.flip(-1))
     rotated_180 = views[16 * 2:16 * 2 + 2]  # rotation 8 of 16 is 180°
@@ -275,7 +282,7 @@ def test_fit_lowers_the_loss_and_gives_finite_metrics(setting: str, dataset) -> 
     model = tiny(setting=setting, epochs=4)
     images = load_images(dataset["train"], SIZE, "imagenet")
     before = _clean_loss(model, images)
-    log = model.fit(dataset["train"], progress=False)
+    log = model.fit(dataset["train"], QUIET)
     assert len(log["loss"]) == 4 and log["steps"] == 8
     assert _clean_loss(model, images) < before
     _finite_metrics(model, dataset["test"])
@@ -308,28 +315,30 @@ def test_few_shot_trains_inside_set_references(shots: int, dataset, monkeypatch)
 
 
 def _interrupt_after_first_epoch(train, monkeypatch) -> None:
-    """Run ``train()`` until the checkpoint of epoch 1 is written, then stop it as a crash would."""
-    real_save = AGPNet._save
+    """Run ``train()`` until the snapshot of the first epoch is written (by the shared
+    :class:`EpochCheckpoints`), then stop it as a crash would."""
+    real_save = EpochCheckpoints.save
 
-    def save_then_stop(self, path, optimizer, generator, state, n_images, epochs):
-        real_save(self, path, optimizer, generator, state, n_images, epochs)
-        if state["epoch"] == 1:
+    def save_then_stop(self, epoch, *args, **kwargs):
+        real_save(self, epoch, *args, **kwargs)
+        if epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(AGPNet, "_save", save_then_stop)
+    monkeypatch.setattr(EpochCheckpoints, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train()
-    monkeypatch.setattr(AGPNet, "_save", real_save)
+    monkeypatch.setattr(EpochCheckpoints, "save", real_save)
 
 
 @pytest.mark.parametrize(("drop_last", "steps"), [(True, 3), (False, 6)])
 def test_resume_after_interruption_equals_an_uninterrupted_run(drop_last: bool, steps: int, dataset, tmp_path: Path, monkeypatch) -> None:
     train = dataset["train"][:6]  # batches of 4 and 2; ViTAD's drop_last (default) drops the 2
     uninterrupted = tiny(epochs=3, drop_last=drop_last)
-    uninterrupted.fit(train, checkpoint_dir=tmp_path / "full", progress=False)
-    _interrupt_after_first_epoch(lambda: tiny(epochs=3, drop_last=drop_last).fit(train, checkpoint_dir=tmp_path / "cut", progress=False), monkeypatch)
+    uninterrupted.fit(train, RunContext(checkpoint_dir=tmp_path / "full", progress=False))
+    cut = RunContext(checkpoint_dir=tmp_path / "cut", progress=False)
+    _interrupt_after_first_epoch(lambda: tiny(epochs=3, drop_last=drop_last).fit(train, cut), monkeypatch)
     resumed = tiny(epochs=3, drop_last=drop_last)
-    log = resumed.fit(train, checkpoint_dir=tmp_path / "cut", progress=False)
+    log = resumed.fit(train, cut)
     assert len(log["loss"]) == 3 and log["steps"] == steps
     expected = uninterrupted.trainable_state_dict()
     for key, value in resumed.trainable_state_dict().items():
@@ -340,10 +349,12 @@ def test_few_shot_training_resumes_from_its_checkpoint_dir(dataset, tmp_path: Pa
     references = load_images(dataset["train"][:2], SIZE, "imagenet")
     uninterrupted = tiny(setting="few_shot", epochs=3)
     uninterrupted.set_references(references, "stripes")
-    _interrupt_after_first_epoch(lambda: tiny(setting="few_shot", epochs=3).set_references(references, "stripes", checkpoint_dir=tmp_path), monkeypatch)
-    assert torch.load(tmp_path / agpnet.CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    context = RunContext(checkpoint_dir=tmp_path)
+    _interrupt_after_first_epoch(lambda: tiny(setting="few_shot", epochs=3).set_references(references, "stripes", context), monkeypatch)
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["epoch_000.pt"] and EpochCheckpoints(tmp_path).latest()["epoch"] == 0
     resumed = tiny(setting="few_shot", epochs=3)
-    resumed.set_references(references, "stripes", checkpoint_dir=tmp_path)
+    resumed.set_references(references, "stripes", context)
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["epoch_002.pt"]  # only the newest snapshot is kept
     expected = uninterrupted.trainable_state_dict()
     for key, value in resumed.trainable_state_dict().items():
         torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0)
@@ -351,20 +362,34 @@ def test_few_shot_training_resumes_from_its_checkpoint_dir(dataset, tmp_path: Pa
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(dataset, tmp_path: Path) -> None:
     train = dataset["train"][:4]
-    tiny(epochs=2).fit(train, checkpoint_dir=tmp_path, progress=False)
-    saved = torch.load(tmp_path / agpnet.CHECKPOINT_NAME, weights_only=True)
-    assert saved["config"] == tiny(epochs=2).plain_config()
-    with pytest.raises(ValueError, match=r"another AGPNet configuration.*\['noise_gamma'\].*delete"):
-        tiny(epochs=2, noise_gamma=2.0).fit(train, checkpoint_dir=tmp_path, progress=False)
-    log = tiny(epochs=2).fit(train, checkpoint_dir=tmp_path, progress=False)  # the same options resume (nothing left)
-    assert log["loss"] == saved["loss"]
+    context = RunContext(checkpoint_dir=tmp_path, progress=False)
+    tiny(epochs=2).fit(train, context)
+    saved = EpochCheckpoints(tmp_path).latest()
+    assert saved["identity"]["config"] == tiny(epochs=2).plain_config() and saved["epoch"] == 1
+    with pytest.raises(StaleCheckpointError, match=r"another training \(differs: config\.noise_gamma\).*delete"):
+        tiny(epochs=2, noise_gamma=2.0).fit(train, context)
+    with pytest.raises(StaleCheckpointError, match=r"differs: images"):
+        tiny(epochs=2).fit(dataset["train"][:5], context)
+    log = tiny(epochs=2).fit(train, context)  # the same options resume (nothing left)
+    assert log["loss"] == saved["losses"] and log["steps"] == 2  # one step per epoch: the epoch means are the steps'
+
+
+def test_the_run_context_seed_replaces_the_seed_option(dataset) -> None:
+    """The runner's per-seed trainings give the seed in the run context: decoder init, shuffling and noise."""
+    by_option, by_context, default = tiny(epochs=1, seed=3), tiny(epochs=1), tiny(epochs=1)
+    by_option.fit(dataset["train"][:4], QUIET)
+    by_context.fit(dataset["train"][:4], RunContext(seed=3, progress=False))
+    default.fit(dataset["train"][:4], QUIET)
+    expected = by_option.trainable_state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in by_context.trainable_state_dict().items())
+    assert not torch.equal(expected["decoder.pos_embed"], default.trainable_state_dict()["decoder.pos_embed"])
 
 
 def test_training_is_deterministic(dataset) -> None:
     runs = []
     for _ in range(2):
         model = tiny(epochs=1)
-        model.fit(dataset["train"][:4], progress=False)
+        model.fit(dataset["train"][:4], QUIET)
         runs.append(model.predict(load_images(dataset["test"][:2], SIZE, "imagenet"), "stripes").maps)
     assert torch.equal(runs[0], runs[1])
 
@@ -380,7 +405,7 @@ def test_training_is_deterministic(dataset) -> None:
 ])
 def test_every_ablation_trains_one_epoch(options: dict, dataset) -> None:
     model = tiny(epochs=1, batch_size=2, **options)  # one full batch of the 2 images (drop_last)
-    log = model.fit(dataset["train"][:2], progress=False)
+    log = model.fit(dataset["train"][:2], QUIET)
     assert math.isfinite(log["loss"][0])
 
 
@@ -391,7 +416,7 @@ def test_cnn_backbone_uses_activation_attention_and_projections(dataset) -> None
     images = load_images(dataset["train"][:2], SIZE, "imagenet")
     target, prior = model.extractor(images, with_prior=True)
     assert target.shape == (2, 16, 384) and prior.shape == (2, 16)
-    assert math.isfinite(model.fit(dataset["train"][:2], progress=False)["loss"][0])
+    assert math.isfinite(model.fit(dataset["train"][:2], QUIET)["loss"][0])
 
 
 def test_clip_backbone_prior_and_normalization(dataset) -> None:
@@ -400,12 +425,19 @@ def test_clip_backbone_prior_and_normalization(dataset) -> None:
     images = load_images(dataset["train"][:2], SIZE, "clip")
     target, prior = model.extractor(images, with_prior=True)
     assert target.shape == (2, 16, 64) and prior.shape == (2, 16) and torch.all(prior > 0)
-    assert math.isfinite(model.fit(dataset["train"][:2], progress=False)["loss"][0])
+    assert math.isfinite(model.fit(dataset["train"][:2], QUIET)["loss"][0])
 
 
-def test_config_records_the_weights_actually_loaded() -> None:
-    assert tiny().config()["pretrained"] == "tiny-dino:random"
-    assert tiny(backbone="tiny_resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2).config()["pretrained"].endswith(":random")
+def test_weights_id_and_frozen_forward_of_every_extractor() -> None:
+    """What the runner records (``weights_id``) and what speed times (``frozen_forward``) for each backbone family."""
+    dino = tiny()
+    images = torch.randn(1, 3, SIZE, SIZE)
+    assert dino.weights_id == dino.config()["pretrained"] == "tiny-dino:random"
+    assert torch.equal(dino.frozen_forward(images), dino.extractor.backbone.model.forward_features(images))
+    cnn = tiny(backbone="tiny_resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2)
+    assert cnn.weights_id.endswith(":random") and set(cnn.frozen_forward(images)) == {"layer4"}
+    clip = tiny(backbone="tiny-clip-b16", decoder_heads=4)
+    assert clip.weights_id == "tiny-clip-b16:random" and clip.frozen_forward(images).ndim == 2
 
 
 def test_invalid_options_are_rejected() -> None:
@@ -440,16 +472,16 @@ def test_decoder_mlp_ratio_sets_the_parameter_count() -> None:
 
 
 def test_unstated_values_are_read_from_the_code() -> None:
-    rows = agpnet.unstated_values()
+    rows = unstated.unstated_values()
     defaults = inspect.signature(AGPNet.__init__).parameters
-    assert {r.tag for r in rows} <= set(agpnet.TAGS) and len({r.name for r in rows}) == len(rows)
-    for name in agpnet.UNSTATED_OPTIONS:
+    assert {r.tag for r in rows} <= set(unstated.TAGS) and len({r.name for r in rows}) == len(rows)
+    for name in unstated.UNSTATED_OPTIONS:
         assert next(r.value for r in rows if r.name == name) == defaults[name].default
-    assert next(r.value for r in rows if r.name == "taps (ViT)") == agpnet.DEFAULT_VIT_TAPS
+    assert next(r.value for r in rows if r.name == "taps (ViT)") == extractor.DEFAULT_VIT_TAPS
     inherited = {r.name: r.value for r in rows if r.tag == "V"}
     # the ViTAD values as spec agpnet.md states them: a changed default fails here, not only in the table
-    assert {k: inherited[k] for k in ("image_size", "gaussian_sigma", "score_pool", "weight_decay", "distance")} == {
-        "image_size": 256, "gaussian_sigma": 4.0, "score_pool": 16, "weight_decay": 1e-4, "distance": "cosine"}
+    assert {k: inherited[k] for k in ("image_size", "smoothing_sigma", "score_pool", "weight_decay", "distance")} == {
+        "image_size": 256, "smoothing_sigma": 4.0, "score_pool": 16, "weight_decay": 1e-4, "distance": "cosine"}
 
 
 # ------------------------------------------------------------------------------- demo benchmark
@@ -468,7 +500,7 @@ def test_demo_profile_trains_on_a_demo_category(setting: str, demo_data: Path) -
     if setting == "few_shot":
         model.set_references(images, category)
     else:
-        log = model.fit(train, progress=False)
+        log = model.fit(train, QUIET)
         assert len(log["loss"]) == model.epochs and all(map(math.isfinite, log["loss"]))
     model.eval()
     assert _clean_loss(model, images) < before
@@ -492,7 +524,7 @@ def test_recorded_configuration_holds_every_option_in_effect() -> None:
 
 
 def test_vitad_behaviours_are_the_defaults_and_tagged_v() -> None:
-    rows = {r.name: r for r in agpnet.unstated_values()}
+    rows = {r.name: r for r in unstated.unstated_values()}
     expected = {"fusion": True, "weight_decay_params": "matrices", "grad_clip_norm": 5.0, "drop_last": True, "image_interpolation": "bilinear"}
     assert {name: (rows[name].value, rows[name].tag) for name in expected} == {name: (value, "V") for name, value in expected.items()}
     assert tiny().interpolation == "bilinear" and tiny(image_interpolation="bicubic").interpolation == "bicubic"
@@ -522,12 +554,14 @@ def test_weight_decay_only_on_matrices_that_are_not_biases() -> None:
     assert len(everything["params"]) == len(list(model.decoder.parameters())) and everything["weight_decay"] == model.weight_decay
 
 
-def test_drop_last_drops_the_partial_batch_and_refuses_to_train_on_nothing() -> None:
+def test_drop_last_drops_the_partial_batch_and_refuses_to_train_on_nothing(dataset) -> None:
     generator = torch.Generator().manual_seed(0)
-    assert [len(b) for b in tiny().batches(10, generator)] == [4, 4]
-    assert [len(b) for b in tiny(drop_last=False).batches(10, generator)] == [4, 4, 2]
+    assert [len(b) for b in shuffled_batches(10, 4, generator, drop_last=True)] == [4, 4]
+    assert [len(b) for b in shuffled_batches(10, 4, generator)] == [4, 4, 2]
     with pytest.raises(ValueError, match="drop_last"):
-        tiny().batches(3, generator)
+        shuffled_batches(3, 4, generator, drop_last=True)
+    with pytest.raises(ValueError, match="drop_last"):
+        tiny().fit(dataset["train"][:3], QUIET)  # 3 images, batch_size 4
 
 
 @pytest.mark.parametrize(("clip", "expected"), [(5.0, [5.0]), (None, [])])
@@ -535,7 +569,7 @@ def test_gradients_are_clipped_at_norm_5(dataset, monkeypatch, clip, expected) -
     seen = []
     real = nn.utils.clip_grad_norm_
     monkeypatch.setattr(nn.utils, "clip_grad_norm_", lambda params, max_norm, **kw: seen.append(max_norm) or real(params, max_norm, **kw))
-    tiny(epochs=1, grad_clip_norm=clip).fit(dataset["train"][:4], progress=False)
+    tiny(epochs=1, grad_clip_norm=clip).fit(dataset["train"][:4], QUIET)
     assert seen == expected
 
 
@@ -553,7 +587,7 @@ def test_bilinear_resize_matches_pils_bilinear_resize(dataset) -> None:
 
 def test_learnable_parameters_count_the_decoder_with_its_fusion() -> None:
     options = dict(backbone=TINY_DINO, image_size=SIZE, taps=(0, 1, 2, 3))
-    with_fusion, without = agpnet.learnable_parameters(**options), agpnet.learnable_parameters(fusion=False, **options)
+    with_fusion, without = unstated.learnable_parameters(**options), unstated.learnable_parameters(fusion=False, **options)
     width = tiny().extractor.width
     assert with_fusion - without == width * width + width
     assert with_fusion == sum(p.numel() for p in tiny().decoder.parameters())

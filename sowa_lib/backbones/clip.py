@@ -46,6 +46,7 @@ from torch import nn
 from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
 from sowa_lib.data.download import file_hashes
 from sowa_lib.features import frozen_features
+from sowa_lib.backbones.taps import layer_norm_sum
 
 
 @dataclass(frozen=True)
@@ -422,3 +423,55 @@ def as_backbone(backbone: ClipBackbone | str, pretrained: str | None, **options:
             backbone.set_image_size(options["image_size"])
         return backbone
     return load_clip(backbone, pretrained, **options)
+
+
+def multihead_attention_weights(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """``softmax(q kᵀ/√d)`` ``[B, heads, L, L]`` of an ``nn.MultiheadAttention`` on batch-first ``x``
+    (open_clip's fused attention returns no weights)."""
+    batch, length, width = x.shape
+    heads = attention.num_heads
+    q, k, _ = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    q, k = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in (q, k))
+    return (q @ k.transpose(-2, -1) / math.sqrt(width // heads)).softmax(dim=-1)
+
+
+class ClipTaps(nn.Module):
+    """AGPNet's extractor on a CLIP ViT, for its backbone ablation (Table 6, spec agpnet §1–2): patch
+    tokens of the taps fused by eq. 1 (:func:`~sowa_lib.backbones.taps.layer_norm_sum`); prior =
+    CLS→patch attention recomputed from each attention block's ``ln_1`` output, averaged over heads
+    and blocks."""
+
+    def __init__(self, backbone: ClipBackbone, taps: Sequence[int], attention_blocks: Sequence[int]) -> None:
+        super().__init__()
+        self.backbone, self.taps, self.attention_blocks = backbone, tuple(taps), tuple(attention_blocks)
+        self.width, self.grid_size = backbone.width, backbone.grid_size
+        self.num_heads = backbone.blocks[0].attn.num_heads
+
+    @property
+    def weights_id(self) -> str:
+        return f"{self.backbone.name}:{self.backbone.pretrained or 'random'}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target ``F`` ``[N, T, width]`` and, when ``with_prior``, the prior ``[N, T]`` (else None)."""
+        inputs: dict[int, torch.Tensor] = {}
+        batch_first = self.backbone.visual.transformer.batch_first
+        hooks = [
+            self.backbone.blocks[i].ln_1.register_forward_hook(
+                lambda _m, _a, out, i=i: inputs.__setitem__(i, out if batch_first else out.transpose(0, 1)))
+            for i in (self.attention_blocks if with_prior else ())
+        ]
+        try:
+            _, taps = self.backbone.encode_image(images, self.taps)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        prior = None
+        if with_prior:
+            rows = [multihead_attention_weights(self.backbone.blocks[i].attn, inputs[i])[:, :, 0, 1:] for i in self.attention_blocks]
+            prior = torch.stack(rows, dim=1).mean(dim=(1, 2))
+        return layer_norm_sum([t[:, 1:] for t in taps]), prior
+
+    def frozen_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The plain CLIP image encoder: what speed measures against."""
+        return self.backbone.encode_image(images)[0]

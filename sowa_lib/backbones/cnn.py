@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from sowa_lib.backbones.taps import minmax_per_sample
 from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
 from sowa_lib.data.transforms import NORMALIZATION
 from sowa_lib.features import frozen_features
@@ -252,3 +253,40 @@ def build_backbone(name: str | TappedCNN, pretrained: str | None = None, checkpo
     if name == "efficientnet_lite0":
         return efficientnet_lite0(pretrained is not None or checkpoint is not None, checkpoint)
     return BACKBONES[name](pretrained, checkpoint)
+
+
+class CnnTaps(nn.Module):
+    """AGPNet's extractor on a CNN, for its backbone ablation (Table 6: WideResNet-50,
+    EfficientNet-B4). **Our choices [?]** — the AGPNet paper gives no detail for CNNs:
+
+    - target: each tapped stage average-pooled to the /16 grid (16×16 at 256 px), LayerNorm-ed over
+      channels, then **concatenated** (eq. 1 sums, which needs equal widths; stages differ);
+    - prior: activation-based spatial attention (Zagoruyko & Komodakis 2017, "attention transfer"),
+      the channel mean of squared activations of each stage, min-max normalised per image and
+      averaged over the stages; a CNN has no self-attention to reuse.
+    """
+
+    num_heads = None
+
+    def __init__(self, backbone: TappedCNN, taps: Sequence[str], image_size: int) -> None:
+        super().__init__()
+        self.backbone, self.taps = backbone, tuple(taps)
+        self.grid_size = image_size // 16
+        self.width = sum(backbone.channels(self.taps).values())
+
+    @property
+    def weights_id(self) -> str:
+        return self.backbone.weights_id
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target ``F`` ``[N, T, width]`` and, when ``with_prior``, the prior ``[N, T]`` (else None)."""
+        grid = (self.grid_size, self.grid_size)
+        stages = [F.adaptive_avg_pool2d(f, grid).flatten(2).transpose(1, 2) for f in self.backbone(images, self.taps).values()]
+        target = torch.cat([F.layer_norm(s, s.shape[-1:]) for s in stages], dim=-1)
+        prior = torch.stack([minmax_per_sample(s.pow(2).mean(-1)) for s in stages]).mean(0) if with_prior else None
+        return target, prior
+
+    def frozen_forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CNN through its last stage, as the baselines' speed reference."""
+        return self.backbone(images, ("layer4",))

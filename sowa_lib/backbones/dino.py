@@ -2,16 +2,21 @@
 
 One wrapper, :class:`DinoBackbone`, built by one factory, :func:`load_dino`::
 
-    dino = load_dino()                                   # vit_small_patch16_224.dino at 256 px (AGPNet)
-    dino = load_dino(pretrained="/path/dino_deitsmall16_pretrain.pth")   # local checkpoint file
+    dino = load_dino()                                   # vit_small_patch16_224, timm tag "dino", 256 px (AGPNet)
+    dino = load_dino(pretrained=None, checkpoint="/path/dino_deitsmall16_pretrain.pth")  # local file
     dino = load_dino(TINY_DINO, pretrained=None, image_size=128, seed=0)  # demo / tests
     taps, cls_attention = dino(images, taps=[2, 5, 8, 11], attention_blocks=[2, 5, 8, 11])
+    extractor = DinoTaps(dino, taps=[2, 5, 8, 11], attention_blocks=[2, 5, 8, 11])  # AGPNet's target and prior
 
 Conventions (the same as :mod:`sowa_lib.backbones.clip`):
 
 - **Block indices are 0-based**: ``[2, 5, 8, 11]`` are the 1-based blocks 3/6/9/12 of the specs.
 - A tap is the **patch tokens** ``[B, T, width]`` (prefix/CLS token removed) of that block's output,
   with no final LayerNorm, as ViTAD takes them (datasets_metrics_agpnet §1.5).
+- ``pretrained`` is a timm pretrained tag of the architecture (``"dino"``: timm's
+  ``vit_small_patch16_224.dino``) or None (random init); a local file of weights is ``checkpoint``.
+  :attr:`DinoBackbone.weights_id` names them: ``"<arch>:<tag>"``, ``"<arch>:random"`` or
+  ``"<arch>:file:<sha256[:12]>"``.
 - The CLS attention of a block is its softmax attention row of the CLS query over the patch keys,
   ``[B, heads, T]``. timm 1.0.31 runs fused ``scaled_dot_product_attention``, which never materialises
   the weights, so :func:`explicit_attention` recomputes them from the block's own ``qkv`` projection.
@@ -21,6 +26,7 @@ filter (bicubic), as ViTAD builds the model with ``img_size=256`` (datasets_metr
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -29,11 +35,12 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from sowa_lib.backbones.taps import layer_norm_sum
 from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
 from sowa_lib.features import frozen_features
 
-#: The AGPNet / ViTAD extractor: DINO ViT-S/16 (agpnet spec §1 [P]).
-DINO_VIT_S16 = "vit_small_patch16_224.dino"
+#: The AGPNet / ViTAD extractor: DINO ViT-S/16 (agpnet spec §1 [P]), timm's architecture and its DINO tag.
+DINO_VIT_S16, DINO_TAG = "vit_small_patch16_224", "dino"
 #: Run size of ViTAD, inherited by AGPNet (datasets_metrics_agpnet §1.5 [V]).
 DINO_IMAGE_SIZE = 256
 #: Where the checkpoint can be fetched on a machine with internet (timm's pretrained config).
@@ -69,15 +76,15 @@ def explicit_attention(block: Block, tokens: torch.Tensor) -> torch.Tensor:
 class DinoBackbone(nn.Module):
     """A frozen timm ``VisionTransformer`` (``.model``) returning block taps and CLS attention maps.
 
-    Attributes: ``name``, ``pretrained`` (what the weights came from), ``image_size``, ``grid_size``
-    (patches per side), ``width`` (token dim), ``num_heads``, ``depth``.
+    Attributes: ``name`` (architecture), ``weights_id`` (what the weights came from), ``image_size``,
+    ``grid_size`` (patches per side), ``width`` (token dim), ``num_heads``, ``depth``.
     """
 
-    def __init__(self, model: VisionTransformer, name: str, pretrained: str | None) -> None:
+    def __init__(self, model: VisionTransformer, name: str, weights_id: str) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.name = name
-        self.pretrained = pretrained
+        self.weights_id = weights_id
 
     @property
     def image_size(self) -> int:
@@ -152,46 +159,79 @@ def _create(name: str, image_size: int, **kwargs) -> VisionTransformer:
     return timm.create_model(name, img_size=image_size, num_classes=0, **kwargs)
 
 
-def _weights_error(name: str, pretrained: str, error: Exception) -> WeightsNotFoundError:
+def _weights_error(name: str, source: str, error: Exception) -> WeightsNotFoundError:
     urls = DINO_DOWNLOADS.get(name, (f"the timm weights of {name}",))
     return WeightsNotFoundError(
-        f"DINO weights for {name} ({pretrained!r}) are not available here ({error}). On a machine with internet "
-        f"download {' or '.join(urls)}, then pass the file's path as `pretrained=` (AGPNet: "
-        f"`build('agpnet', pretrained='/path/to/dino_deitsmall16_pretrain.pth')`), or put the Hugging Face "
-        f"snapshot in the HF cache (HF_HOME) so that `pretrained='timm'` finds it."
+        f"DINO weights for {name} ({source!r}) are not available here ({error}). On a machine with internet "
+        f"download {' or '.join(urls)}, then pass the file's path as `checkpoint=` (AGPNet: "
+        f"`build('agpnet', pretrained=None, backbone_checkpoint='/path/to/dino_deitsmall16_pretrain.pth')`), or put "
+        f"the Hugging Face snapshot in the HF cache (HF_HOME) so that `pretrained={DINO_TAG!r}` finds it."
     )
 
 
 def load_dino(
     name: str = DINO_VIT_S16,
-    pretrained: str | Path | None = "timm",
+    pretrained: str | None = DINO_TAG,
     *,
+    checkpoint: str | Path | None = None,
     image_size: int = DINO_IMAGE_SIZE,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> DinoBackbone:
     """Build a frozen :class:`DinoBackbone`.
 
-    name: a timm model name (default ``vit_small_patch16_224.dino``) or ``"tiny-dino"``.
-    pretrained: ``"timm"`` (timm's pretrained tag of ``name``: Hugging Face cache or download), a local
-        checkpoint path (original DINO ``.pth`` or timm state dict; position grid resampled by timm),
-        or ``None`` (random init from ``seed``; ``tiny-dino`` has no ``"timm"`` weights).
+    name: a timm ViT architecture (default ``vit_small_patch16_224``) or ``"tiny-dino"``.
+    pretrained: a timm pretrained tag of ``name`` (default ``"dino"``: ``vit_small_patch16_224.dino``,
+        from the Hugging Face cache or downloaded), or ``None``: random init from ``seed``
+        (``tiny-dino`` has no published weights).
+    checkpoint: a local file of weights (original DINO ``.pth`` or timm state dict; position grid
+        resampled by timm), loaded instead of a tag: pass ``pretrained=None`` with it.
     image_size: run resolution, a multiple of 16 (ViTAD and AGPNet: 256 [V]).
     """
-    if name == TINY_DINO and str(pretrained) == "timm":
-        raise ValueError("tiny-dino has no published weights; use pretrained=None or a local file")
+    if pretrained is not None and checkpoint is not None:
+        raise ValueError(f"pass either pretrained (a timm tag, got {pretrained!r}) or checkpoint (a file), not both")
+    if name == TINY_DINO and pretrained is not None:
+        raise ValueError("tiny-dino has no published weights; use pretrained=None, or a local file as checkpoint=")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if pretrained is None:
-            model = _create(name, image_size, pretrained=False)
-        elif str(pretrained) == "timm":
-            try:
-                model = _create(name, image_size, pretrained=True)
-            except Exception as error:  # hub/urllib errors differ by version; all mean "not available"
-                raise _weights_error(name, "timm", error) from error
-        else:
-            path = Path(pretrained).expanduser()
+        if checkpoint is not None:
+            path = Path(checkpoint).expanduser()
             if not path.is_file():
-                raise _weights_error(name, str(pretrained), FileNotFoundError(f"no file at {path}"))
+                raise _weights_error(name, str(checkpoint), FileNotFoundError(f"no file at {path}"))
             model = _create(name, image_size, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    return DinoBackbone(model, name, None if pretrained is None else str(pretrained)).to(device)
+            weights_id = f"{name}:file:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+        elif pretrained is not None:
+            try:
+                model = _create(f"{name}.{pretrained}", image_size, pretrained=True)
+            except Exception as error:  # hub/urllib errors differ by version; all mean "not available"
+                raise _weights_error(name, pretrained, error) from error
+            weights_id = f"{name}:{pretrained}"
+        else:
+            model = _create(name, image_size, pretrained=False)
+            weights_id = f"{name}:random"
+    return DinoBackbone(model, name, weights_id).to(device)
+
+
+class DinoTaps(nn.Module):
+    """AGPNet's extractor on a DINO ViT (spec agpnet §1–2): the taps fused by eq. 1
+    (:func:`~sowa_lib.backbones.taps.layer_norm_sum`); prior = CLS→patch attention of
+    ``attention_blocks`` (:func:`explicit_attention`), averaged over heads and blocks ("element-wise
+    average pooling") [P]."""
+
+    def __init__(self, backbone: DinoBackbone, taps: Sequence[int], attention_blocks: Sequence[int]) -> None:
+        super().__init__()
+        self.backbone, self.taps, self.attention_blocks = backbone, tuple(taps), tuple(attention_blocks)
+        self.width, self.num_heads, self.grid_size = backbone.width, backbone.num_heads, backbone.grid_size
+
+    @property
+    def weights_id(self) -> str:
+        return self.backbone.weights_id
+
+    def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target ``F`` ``[N, T, width]`` and, when ``with_prior``, the prior ``[N, T]`` (else None)."""
+        taps, attention = self.backbone(images, self.taps, self.attention_blocks if with_prior else ())
+        return layer_norm_sum(taps), None if attention is None else attention.mean(dim=(1, 2))
+
+    def frozen_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """timm's plain forward of the frozen ViT (``forward_features``): what speed measures against."""
+        return self.backbone.model.forward_features(images)

@@ -1,4 +1,5 @@
-"""Method registry: ``build(name, profile=..., **overrides)`` (timm-style, one factory).
+"""Method registry: ``build(name, profile=..., **overrides)`` (timm-style, one factory), and the
+method options each profile gives (:func:`method_profile_options`).
 
 Modules are imported lazily so that building one method never imports the others' heavy
 dependencies.
@@ -7,10 +8,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from typing import Any, Iterable
 
 from sowa_lib.methods.base import AnomalyMethod, Prediction
-from sowa_lib.profiles import method_profile_options
 
 _REGISTRY: dict[str, str] = {
     "winclip": "sowa_lib.methods.winclip:WinCLIP",
@@ -20,6 +20,16 @@ _REGISTRY: dict[str, str] = {
     "spade": "sowa_lib.methods.baselines:SPADE",
     "padim": "sowa_lib.methods.baselines:PaDiM",
     "patchcore": "sowa_lib.methods.baselines:PatchCore",
+}
+
+
+#: The method options of the smoke profile, on top of each method's paper options, for the methods
+#: whose constructor has them (:func:`method_profile_options`); part of
+#: :data:`sowa_lib.profiles.SMOKE_DIFFERENCES`, which lists the study-level differences.
+SMOKE_METHOD_OPTIONS: dict[str, Any] = {
+    "pretrained": None,  # random weights of the real architectures (open_clip, timm, torchvision)
+    "epochs": 1,  # April-GAN's 3/15 and AGPNet's 500 epochs; SOWA's is 1 already
+    "few_shot_epochs": 1,  # AGPNet few-shot (its paper folds: 32 views of each reference, K batches of 32)
 }
 
 
@@ -40,7 +50,7 @@ def build(name: str, profile: str | None = None, **overrides: Any) -> AnomalyMet
     """Build method ``name`` with its ``profile`` defaults (``"demo"``/``"smoke"``/``"paper"``) and ``overrides``.
 
     ``profile=None`` and ``"paper"`` both give the reference-implementation defaults; ``"smoke"``
-    gives the paper's with the declared differences of :data:`sowa_lib.profiles.SMOKE_METHOD_OPTIONS`.
+    gives the paper's with the declared differences of :data:`SMOKE_METHOD_OPTIONS`.
     """
     cls = method_class(name)
     method = cls(**{**profile_options(cls, profile), **overrides})
@@ -49,8 +59,18 @@ def build(name: str, profile: str | None = None, **overrides: Any) -> AnomalyMet
 
 
 def profile_options(cls: type[AnomalyMethod], profile: str | None) -> dict[str, Any]:
-    """The constructor options ``cls`` takes in ``profile`` (:func:`sowa_lib.profiles.method_profile_options`)."""
+    """The constructor options ``cls`` takes in ``profile`` (:func:`method_profile_options`)."""
     return method_profile_options(options_in_effect(cls, {}), cls.profiles, profile)
+
+
+def method_profile_options(options: Iterable[str], method_profiles: dict[str, dict[str, Any]], profile: str | None) -> dict[str, Any]:
+    """Constructor options of a method in ``profile``: its ``profiles`` entry (``paper``: none, the
+    constructor defaults are the reference's), and for ``smoke`` the paper's plus those of
+    :data:`SMOKE_METHOD_OPTIONS` that the constructor has (``options``: its option names)."""
+    if profile == "smoke":
+        known = set(options)
+        return {**method_profiles.get("paper", {}), **{k: v for k, v in SMOKE_METHOD_OPTIONS.items() if k in known}}
+    return dict(method_profiles.get(profile or "paper", {}))
 
 
 def configuration(name: str, profile: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -83,4 +103,5 @@ def options_in_effect(cls: type[AnomalyMethod], options: dict[str, Any]) -> dict
     return {**resolved, **remaining}
 
 
-__all__ = ["AnomalyMethod", "Prediction", "available", "build", "configuration", "method_class", "options_in_effect"]
+__all__ = ["AnomalyMethod", "Prediction", "SMOKE_METHOD_OPTIONS", "available", "build", "configuration", "method_class",
+           "method_profile_options", "options_in_effect"]
