@@ -449,7 +449,7 @@ class ClipTaps(nn.Module):
 
     @property
     def weights_id(self) -> str:
-        return f"{self.backbone.name}:{self.backbone.pretrained or 'random'}"
+        return self.backbone.weights_id
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, with_prior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -59,8 +59,8 @@ def build_extractor(
     vit_taps = tuple(taps if taps is not None else DEFAULT_VIT_TAPS)
     attention = tuple(attention_blocks if attention_blocks is not None else vit_taps)
     if isinstance(backbone, ClipBackbone) or _is_clip_name(backbone):
-        weights = str(checkpoint) if checkpoint is not None else tag("clip")  # load_clip takes a file as its weights
-        clip = as_clip_backbone(backbone, weights, image_size=image_size, quick_gelu=weights == "openai")
+        weights = tag("clip")
+        clip = as_clip_backbone(backbone, weights, checkpoint=checkpoint, image_size=image_size, quick_gelu=weights == "openai")
         return ClipTaps(clip, vit_taps, attention), "clip"
     if not isinstance(backbone, DinoBackbone):
         backbone = load_dino(backbone, tag("dino"), checkpoint=checkpoint, image_size=image_size)
