@@ -12,7 +12,7 @@ import pytest
 from sowa_lib.data.fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tree
 from sowa_lib.data import btad, mvtec
 from sowa_lib.data import download as dl
-from sowa_lib.data.errors import DatasetLayoutError
+from sowa_lib.errors import DatasetLayoutError
 from sowa_lib.data.prepare import ManualDownloadRequired, count_problems, main, prepare_dataset
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from sowa_lib.data.errors import DatasetError
+from sowa_lib.errors import DatasetError
 
 CHUNK_BYTES = 1 << 20
 
