@@ -2,8 +2,8 @@
 that a low layer (data, backbones) raises what a high one (the runner, the preflight, a notebook)
 catches without importing upward. Every message is meant for the user as is and says what to do.
 
-Errors that stay inside one module live there (``claims.ClaimsError``); the messages of the dataset
-errors are composed by :mod:`sowa_lib.data.errors`.
+The library's exception classes are defined here, not beside the code that raises them
+(tests/test_layers.py); the messages of the dataset errors are composed by :mod:`sowa_lib.data.errors`.
 """
 from __future__ import annotations
 
@@ -38,8 +38,28 @@ class UnknownCategoryError(DatasetError, KeyError):
         return str(self.args[0])
 
 
+class ChecksumError(DatasetError):
+    """A downloaded archive's hash differs from the published one."""
+
+
+class DownloadError(DatasetError):
+    """The download failed (no network, HTTP error); the message says how to place the archive by hand."""
+
+
+class UnsafeArchiveError(DatasetError):
+    """An archive member would land outside the extraction folder, or is a link or device."""
+
+
+class ManualDownloadRequired(DatasetError):
+    """The benchmark has no direct URL; the message says what to download and where to put it."""
+
+
 class CorruptImageError(RuntimeError):
     """An image or mask file exists but cannot be decoded."""
+
+
+class ClaimsError(ValueError):
+    """A claims file breaks the schema (:mod:`sowa_lib.claims`); the message names the file row."""
 
 
 class SweepError(RuntimeError):

@@ -9,6 +9,10 @@ Reuse is keyed by content (:mod:`sowa_lib.fingerprint`): a stored run or checkpo
 its fingerprint equals the one the plan would compute now (:func:`run_parts`, :func:`training_parts`,
 derived without building the method); otherwise it is moved aside and recomputed, unless
 ``reuse_stale`` keeps stale runs (marked, and said so in the tables).
+
+The plan and its jobs are :mod:`sowa_lib.jobs`; an executor (:mod:`sowa_lib.executors`) runs the
+jobs through :func:`execute_job`, which the runner hands it; the datasets and weights are checked
+first by :mod:`sowa_lib.preflight`.
 """
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from sowa_lib.claims import (
-    CLAIM_COLUMNS, KEY_COLUMNS, PAPERS, ClaimsError, disagreements, load_claims,
+    CLAIM_COLUMNS, KEY_COLUMNS, PAPERS, disagreements, load_claims,
     raw_claims, validate,
 )
+from sowa_lib.errors import ClaimsError
 from sowa_lib.vocabulary import CLAIM_DATASETS, CLAIM_METRICS, CLAIM_SETTINGS, METHODS
 
 

@@ -172,3 +172,18 @@ def test_every_allowed_function_import_is_still_there(entry: tuple[str, str]) ->
     assert module in MODULES, f"{module} is gone: remove its FUNCTION_IMPORTS entry"
     inner = [target for target, _ in IMPORTS[module][1]]
     assert any(t == name or t.startswith(name + ".") for t in inner), f"{module} no longer imports {name} in a function: remove the entry"
+
+
+def _exception_classes(module: str) -> list[str]:
+    """Classes defined in ``module`` with a base named like an exception (``...Error``, ``...Exception``)."""
+    def name(base: ast.expr) -> str:
+        return base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else ""
+
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    return [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+            and any(name(base).endswith(("Error", "Exception")) for base in node.bases)]
+
+
+def test_exception_classes_live_in_the_errors_module() -> None:
+    elsewhere = [f"{module}.{name}" for module in MODULES if module != "sowa_lib.errors" for name in _exception_classes(module)]
+    assert not elsewhere, f"define these in sowa_lib/errors.py (the one low module of errors): {elsewhere}"

@@ -35,6 +35,7 @@ from importlib import resources
 
 import pandas as pd
 
+from sowa_lib.errors import ClaimsError
 from sowa_lib.vocabulary import CLAIM_DATASETS, CLAIM_METRICS, CLAIM_SETTINGS
 
 PAPERS = ("sowa", "april_gan", "winclip", "agpnet")
@@ -46,10 +47,6 @@ CLAIM_COLUMNS = [
 KEY_COLUMNS = ["paper", "table", "dataset", "category", "method", "setting", "shots", "variant", "metric"]
 # The fields that say *which* number a claim is, whichever paper and table print it.
 CLAIM_IDENTITY = KEY_COLUMNS[2:]
-
-class ClaimsError(ValueError):
-    """A claims file breaks the schema; the message names the file row."""
-
 
 def _read(paper: str) -> pd.DataFrame:
     """One paper's CSV with typed columns (``shots`` nullable int, ``std``/``uncertainty`` float)."""
@@ -150,6 +147,6 @@ def disagreements(claims: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = [
-    "CLAIM_COLUMNS", "CLAIM_IDENTITY", "ClaimsError", "KEY_COLUMNS", "PAPERS", "disagreements", "load_claims",
+    "CLAIM_COLUMNS", "CLAIM_IDENTITY", "KEY_COLUMNS", "PAPERS", "disagreements", "load_claims",
     "raw_claims", "validate",
 ]

@@ -23,14 +23,10 @@ from sowa_lib.data import DATASETS, demo
 from sowa_lib.data.download import (SOURCES, Opener, check_hashes, download, file_hashes, manual_instructions,
                                     safe_extract, single_subfolder)
 from sowa_lib.data.errors import fix_command
-from sowa_lib.errors import DatasetError, DatasetLayoutError
+from sowa_lib.errors import DatasetError, DatasetLayoutError, ManualDownloadRequired
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 Log = Callable[[str], None]
-
-
-class ManualDownloadRequired(DatasetError):
-    """The benchmark has no direct URL; the message says what to download and where to put it."""
 
 
 def _log(message: str) -> None:
