@@ -1,7 +1,7 @@
 """The study's names are defined once (sowa_lib.vocabulary) and every registry agrees with them."""
 from __future__ import annotations
 
-from sowa_lib import methods, vocabulary
+from sowa_lib import figures, methods, vocabulary
 
 
 def test_the_method_registry_holds_the_vocabulary_s_methods() -> None:
@@ -14,3 +14,4 @@ def test_every_name_has_its_words() -> None:
     assert set(vocabulary.METRIC_LABELS) == set(vocabulary.CLAIM_METRICS)
     assert set(vocabulary.METRIC_HEADS) == set(vocabulary.CLAIM_METRICS)
     assert set(vocabulary.SETTING_LABELS) == set(vocabulary.RUN_SETTINGS) - {"efficiency"}
+    assert set(vocabulary.METHODS) <= set(figures.METHOD_COLORS)
