@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import torch
 
-from sowa_lib import data, features, fingerprint, methods, metrics, runs, speed
+from sowa_lib import data, features, fingerprint, methods, metrics, runs
 from sowa_lib.data import demo
 from sowa_lib.data.references import draw_references
 from sowa_lib.data.sample import Sample
@@ -374,6 +374,8 @@ def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: 
     The method is built but not trained: its speed does not depend on the learned values. The
     fingerprint holds the configuration, images, references, device and protocol; a stored
     measurement is reused only when it matches (as :func:`run_plan`)."""
+    from sowa_lib import speed
+
     shots = max(plan.shots) if shots is None else shots
     spec = runs.RunSpec(profile.name, dataset, category, plan.method, "efficiency", shots, 0, plan.variant)
     cache = _SampleCache(profile)
