@@ -15,12 +15,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sowa_lib"
 #: The layers from the bottom up; a module may import from its own layer and the ones below. A name
 #: stands for the module and, for a package, everything inside it. A new module must be placed here.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # leaves every layer reads: the package (its version), errors, names, fingerprints, progress bars
-    ("foundation", ("sowa_lib", "sowa_lib.errors", "sowa_lib.vocabulary", "sowa_lib.fingerprint", "sowa_lib.progress")),
+    # leaves every layer reads: the package (its version), errors, names, fingerprints, progress bars,
+    # tensor operations (smoothing, resizing, memory banks)
+    ("foundation", ("sowa_lib", "sowa_lib.errors", "sowa_lib.vocabulary", "sowa_lib.fingerprint", "sowa_lib.progress",
+                    "sowa_lib.ops")),
     ("data", ("sowa_lib.data",)),
     # the frozen-encoding cache is what the backbones encode through
     ("backbones", ("sowa_lib.backbones", "sowa_lib.features")),
-    ("methods", ("sowa_lib.methods", "sowa_lib.ops", "sowa_lib.losses", "sowa_lib.prompts", "sowa_lib.training")),
+    ("methods", ("sowa_lib.methods", "sowa_lib.losses", "sowa_lib.prompts", "sowa_lib.training")),
     # what a run records: the results store and the metrics module
     ("store", ("sowa_lib.runs", "sowa_lib.metrics")),
     # the study's configuration as data (profiles, ablations), their preflight, and the runner
@@ -155,7 +157,8 @@ def test_no_import_points_up_a_layer() -> None:
               f"{MODULES[module].relative_to(PACKAGE.parent)}:{line}"
               for module, targets in _edges().items() for target, line in targets.items()
               if _layer(module) is not None and _layer(target) is not None and _layer(target) > _layer(module)]
-    assert not upward, "imports that point up a layer (data < backbones < methods < store < runner < results < study):\n" + "\n".join(upward)
+    order = " < ".join(name for name, _ in LAYERS)
+    assert not upward, f"imports that point up a layer ({order}):\n" + "\n".join(upward)
 
 
 def test_no_import_inside_a_function_but_optional_dependencies() -> None:
