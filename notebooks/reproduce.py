@@ -26,11 +26,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from sowa_lib.ablations import ablations  # noqa: E402
+from sowa_lib.errors import ProfileNotReadyError  # noqa: E402
 from sowa_lib.executors import EXECUTORS  # noqa: E402
 from sowa_lib.fingerprint import REUSE_STALE_ENV  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
 from sowa_lib.nbclean import normalise_file  # noqa: E402
-from sowa_lib.profiles import PROFILES, ProfileNotReadyError, check_weights, get_profile, prepare, profile_note  # noqa: E402
+from sowa_lib.preflight import check_weights, prepare  # noqa: E402
+from sowa_lib.profiles import PROFILES, get_profile, profile_note  # noqa: E402
 
 
 def numbered_notebooks(only: str | None = None, folder: Path = HERE) -> list[Path]:

@@ -9,6 +9,10 @@ Reuse is keyed by content (:mod:`sowa_lib.fingerprint`): a stored run or checkpo
 its fingerprint equals the one the plan would compute now (:func:`run_parts`, :func:`training_parts`,
 derived without building the method); otherwise it is moved aside and recomputed, unless
 ``reuse_stale`` keeps stale runs (marked, and said so in the tables).
+
+The plan and its jobs are :mod:`sowa_lib.jobs`; an executor (:mod:`sowa_lib.executors`) runs the
+jobs through :func:`execute_job`, which the runner hands it; the datasets and weights are checked
+first by :mod:`sowa_lib.preflight`.
 """
 from __future__ import annotations
 
@@ -16,59 +20,24 @@ import json
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import torch
 
-from sowa_lib import data, features, fingerprint, methods, runs
+from sowa_lib import data, features, fingerprint, methods, metrics, runs, speed
 from sowa_lib.data import demo
 from sowa_lib.data.references import draw_references
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
+from sowa_lib.executors import Executor, LocalExecutor, sweep_error
+from sowa_lib.jobs import Job, Plan, checkpoint_path, expand, make_jobs, training_key
 from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext, plain_options
+from sowa_lib.preflight import prepare
 from sowa_lib.profiles import Profile, auxiliary_training_options
 from sowa_lib.training import StaleCheckpointError, claim_snapshot_dir, load_checkpoint, save_checkpoint
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One method configuration swept over datasets × categories × shots × seeds.
-
-    ``setting`` is ``zero_shot`` (shots must be 0), ``few_shot``, ``multi_class`` or ``one_class``.
-    ``variant`` names a non-default configuration given by ``overrides`` (ablations, fidelity
-    switches); ``"default"`` is the method's reference-implementation configuration.
-    """
-
-    method: str
-    setting: str
-    datasets: tuple[str, ...]
-    shots: tuple[int, ...] = (0,)
-    seeds: tuple[int, ...] = (0,)
-    variant: str = "default"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    categories: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.setting == "zero_shot" and set(self.shots) != {0}:
-            raise ValueError("zero_shot runs use shots=(0,)")
-        if self.variant == "default" and self.overrides:
-            raise ValueError("give a variant name to runs with overrides")
-
-
-def expand(plan: Plan, profile: Profile, categories: dict[str, list[str]]) -> list[runs.RunSpec]:
-    """Every run of ``plan``; zero-shot and unsupervised runs without references use seed 0 only
-    unless the method trains (then each seed is a separate training)."""
-    specs = []
-    for dataset in plan.datasets:
-        for category in plan.categories or categories[dataset]:
-            for shots in plan.shots:
-                seeds = plan.seeds if shots > 0 or plan.setting in ("multi_class", "one_class") else (0,)
-                for seed in seeds:
-                    specs.append(runs.RunSpec(profile.name, dataset, category, plan.method, plan.setting, shots, seed, plan.variant))
-    return specs
+from sowa_lib.vocabulary import DEMO_DATASET
 
 
 class _SampleCache:
@@ -99,7 +68,7 @@ class _SampleCache:
         key = (dataset, category or "*", split)
         if key not in self._identities:
             ref = self.profile.datasets[dataset]
-            manifest = demo.manifest_hash(ref.root) if ref.loader == "demo" else None
+            manifest = demo.manifest_hash(ref.root) if ref.loader == DEMO_DATASET else None
             if manifest is not None:
                 self._identities[key] = f"demo:{manifest}"
             else:
@@ -113,12 +82,6 @@ class _SampleCache:
         if key not in self._tensors:
             self._tensors[key] = load_masks(self.samples(dataset, category, "test"), size)
         return self._tensors[key]
-
-
-def checkpoint_path(profile: Profile, plan: Plan, training_set: str, seed: int) -> Path:
-    """Trained weights of one (method, variant, training set, seed); shared by the zero- and
-    few-shot runs of methods trained on an auxiliary dataset."""
-    return profile.run_dir / "checkpoints" / plan.method / plan.variant / f"{training_set}_seed{seed}.pt"
 
 
 def train_or_load(method: AnomalyMethod, samples: Sequence[Sample], ckpt: Path, parts: dict[str, Any], seed: int | None,
@@ -180,61 +143,10 @@ def predict_category(method: AnomalyMethod, images: torch.Tensor, category: str,
 
 def score_category(pred: Prediction, labels: torch.Tensor, masks: torch.Tensor, aupro_variant: str = "mvtec") -> tuple[dict[str, float], dict[str, str]]:
     """The seven metrics of one category (values in [0, 1]) and the reasons for any NaN."""
-    from sowa_lib import metrics
-
     if masks.shape[-2:] != pred.maps.shape[-2:]:
         raise ValueError(f"maps {tuple(pred.maps.shape)} and masks {tuple(masks.shape)} differ in size")
     result = metrics.category_metrics(pred.scores.numpy(), labels.numpy(), pred.maps.numpy(), masks.numpy(), aupro_variant=aupro_variant)
     return {k: float(v) for k, v in result.items()}, dict(result.reasons)
-
-
-@dataclass(frozen=True)
-class Job:
-    """A unit of work an executor dispatches: train one model (``specs`` empty) or evaluate the
-    runs of one (dataset, category) that share a training. Picklable; idempotent."""
-
-    plan: Plan
-    profile: Profile
-    training: tuple[str, str | None, int] | None
-    specs: tuple[runs.RunSpec, ...] = ()
-    aupro_variant: str = "mvtec"
-
-    def describe(self) -> str:
-        if not self.specs:
-            return f"train {self.plan.method}/{self.plan.variant} on {self.training}"
-        first = self.specs[0]
-        return f"{self.plan.method}/{self.plan.variant} {first.dataset}/{first.category} ({len(self.specs)} runs)"
-
-
-def training_key(plan: Plan, training_data: str, profile: Profile, spec: runs.RunSpec) -> tuple[str, str | None, int] | None:
-    """(training set, category or None, seed) that ``spec``'s model is trained on; None if untrained.
-
-    Methods trained on an auxiliary dataset are trained once with their own seed and shared by all
-    targets with that auxiliary set, zero- and few-shot alike. AGPNet trains on the target's normal
-    train images (once per dataset for multi-class, per category for one-class, per seed); its
-    few-shot mode trains inside ``set_references``. A plan whose overrides give a ``checkpoint``
-    evaluates those weights and trains nothing.
-    """
-    if training_data == "none" or (training_data == "target" and plan.setting == "few_shot"):
-        return None
-    if plan.overrides.get("checkpoint") is not None:  # trained weights given (e.g. the authors' released ones)
-        return None
-    if training_data == "auxiliary":
-        return (profile.auxiliary[spec.dataset], None, 0)
-    return (spec.dataset, spec.category if plan.setting == "one_class" else None, spec.seed)
-
-
-def make_jobs(plan: Plan, profile: Profile, todo: list[runs.RunSpec], aupro_variant: str = "mvtec") -> tuple[list[Job], list[Job]]:
-    """Training jobs (one per distinct training) and evaluation jobs (one per training × category)."""
-    training_data = methods.method_class(plan.method).training_data
-    groups: dict[tuple, list[runs.RunSpec]] = {}
-    for spec in todo:
-        key = training_key(plan, training_data, profile, spec)
-        groups.setdefault((key, spec.dataset, spec.category), []).append(spec)
-    trainings = sorted({key for key, _, _ in groups if key is not None}, key=str)
-    train_jobs = [Job(plan, profile, key, (), aupro_variant) for key in trainings]
-    eval_jobs = [Job(plan, profile, key, tuple(specs), aupro_variant) for (key, _, _), specs in groups.items()]
-    return train_jobs, eval_jobs
 
 
 def method_options(plan: Plan, profile: Profile, training: tuple[str, str | None, int] | None) -> dict[str, Any]:
@@ -319,7 +231,7 @@ def execute_job(job: Job, progress: bool = False) -> list[str]:
     return written
 
 
-def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bool = True, aupro_variant: str = "mvtec",
+def run_plan(plan: Plan, profile: Profile, *, executor: Executor | None = None, progress: bool = True, aupro_variant: str = "mvtec",
              reuse_stale: bool | None = None) -> pd.DataFrame:
     """Compute the missing runs of ``plan`` (through ``executor``, local by default) and return all
     of its runs from the store.
@@ -328,11 +240,8 @@ def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bo
     (:func:`run_parts`); a stale one is moved aside and recomputed, or, with ``reuse_stale``
     (default: the ``SOWA_REUSE_STALE`` variable), kept and marked stale (the tables say so).
     A failed training does not stop the sweep: every evaluation whose training exists still runs,
-    then one :class:`~sowa_lib.executors.SweepError` lists what failed and what it kept from running.
+    then one :class:`~sowa_lib.errors.SweepError` lists what failed and what it kept from running.
     """
-    from sowa_lib.executors import LocalExecutor, sweep_error
-    from sowa_lib.profiles import prepare
-
     reuse_stale = fingerprint.reuse_stale_default() if reuse_stale is None else reuse_stale
     categories = prepare(profile, list(plan.datasets))
     specs = expand(plan, profile, categories)
@@ -344,10 +253,10 @@ def run_plan(plan: Plan, profile: Profile, *, executor: Any = None, progress: bo
     if todo:
         executor = executor or LocalExecutor(progress=progress)
         train_jobs, eval_jobs = make_jobs(plan, profile, todo, aupro_variant)
-        failures = executor.attempt(train_jobs, f"train {plan.method}/{plan.variant}")
+        failures = executor.attempt(train_jobs, execute_job, f"train {plan.method}/{plan.variant}")
         failed_trainings = {outcome.job.training for outcome in failures}
         runnable = [job for job in eval_jobs if job.training not in failed_trainings]
-        failures += executor.attempt(runnable, f"{plan.method}/{plan.variant}/{plan.setting}")
+        failures += executor.attempt(runnable, execute_job, f"{plan.method}/{plan.variant}/{plan.setting}")
         if failures:
             raise sweep_error(failures, executor.retries, skipped=[job for job in eval_jobs if job.training in failed_trainings])
     return runs.load_results(profile.run_dir, specs)
@@ -478,7 +387,6 @@ def speed_run(plan: Plan, profile: Profile, dataset: str, category: str, shots: 
     The method is built but not trained: its speed does not depend on the learned values. The
     fingerprint holds the configuration, images, references, device and protocol; a stored
     measurement is reused only when it matches (as :func:`run_plan`)."""
-    from sowa_lib import speed
 
     shots = max(plan.shots) if shots is None else shots
     spec = runs.RunSpec(profile.name, dataset, category, plan.method, "efficiency", shots, 0, plan.variant)

@@ -1,7 +1,9 @@
 """Where a sweep's jobs run: this process (``local``), a Ray cluster (``ray``) or SLURM through
-submitit (``slurm``). The jobs (:class:`sowa_lib.evaluate.Job`) are idempotent and write each
+submitit (``slurm``). The jobs (:class:`sowa_lib.jobs.Job`) are idempotent and write each
 run atomically, so every executor produces the same result files, a pre-empted job leaves no
-partial file, and a rerun computes only what is missing.
+partial file, and a rerun computes only what is missing. The runner hands each executor the
+function that runs one job (:func:`sowa_lib.evaluate.execute_job`, a module-level function that
+pickles by reference), so that this module knows jobs but not the runner.
 
 Workers never download weights: Ray workers receive the driver's ``DATA_ROOT``/``WEIGHTS_DIR``
 (:data:`SHARED_PATH_VARIABLES`) through a ``runtime_env``, local worker processes and SLURM jobs
@@ -19,9 +21,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from sowa_lib.progress import tqdm
-
+from sowa_lib.errors import SweepError
 from sowa_lib.features import FEATURE_CACHE_ENV, FEATURE_CACHE_GB_ENV
+from sowa_lib.jobs import Job
+from sowa_lib.progress import tqdm
 
 
 #: Variables that say where the shared datasets, weights and caches are (and how the frozen-feature
@@ -31,20 +34,20 @@ SHARED_PATH_VARIABLES = ("DATA_ROOT", "WEIGHTS_DIR", "TORCH_HOME", "HF_HOME", FE
 #: (:mod:`sowa_lib.backbones.cnn`) then read their caches and never download.
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1"}
 
-
-class SweepError(RuntimeError):
-    """Some jobs still failed after their retries; the others completed and are in the store."""
+#: What runs one job in the process it is called in and returns the result files it wrote
+#: (:func:`sowa_lib.evaluate.execute_job`); module-level, so that it pickles by reference.
+JobFunction = Callable[[Job], list[str]]
 
 
 @dataclass
 class Outcome:
     """One job's result: ``error`` is its traceback, None when it succeeded."""
 
-    job: Any
+    job: Job
     error: str | None = None
 
 
-def sweep_error(failures: Sequence[Outcome], retries: int, skipped: Sequence[Any] = ()) -> SweepError:
+def sweep_error(failures: Sequence[Outcome], retries: int, skipped: Sequence[Job] = ()) -> SweepError:
     """One error listing every failed job (its last error line) and the jobs skipped because of them."""
     lines = [f"{len(failures)} job(s) failed after {retries} retr{'y' if retries == 1 else 'ies'}:"]
     lines += [f"- {o.job.describe()}: {_last_error_line(o.error or '')}" for o in failures]
@@ -59,21 +62,16 @@ def worker_environment() -> dict[str, str]:
     return {**{name: os.environ[name] for name in SHARED_PATH_VARIABLES if os.environ.get(name)}, **OFFLINE_ENVIRONMENT}
 
 
-def _execute(job: Any) -> list[str]:
-    from sowa_lib.evaluate import execute_job
-
-    return execute_job(job)
-
-
-def _execute_in_worker(pickled_job: bytes) -> list[str]:
-    """:func:`_execute` in a dedicated worker process (never the driver). The job arrives pickled and
-    is unpickled only once the worker is offline, so that no library the job's classes import can
-    read the variable before it is set."""
+def _execute_in_worker(pickled_call: bytes) -> list[str]:
+    """A pickled ``(run, job)`` pair, called in a dedicated worker process (never the driver). It
+    arrives pickled and is unpickled only once the worker is offline, so that no library that
+    ``run``'s module or the job's classes import can read the variable before it is set."""
     os.environ.update(OFFLINE_ENVIRONMENT)
-    return _execute(pickle.loads(pickled_job))
+    run, job = pickle.loads(pickled_call)
+    return run(job)
 
 
-def _uses_cuda(jobs: Sequence[Any]) -> bool:
+def _uses_cuda(jobs: Sequence[Job]) -> bool:
     return any(str(job.profile.device).startswith("cuda") for job in jobs)
 
 
@@ -84,18 +82,19 @@ class Executor:
     retries: int = 1
     progress: bool = True
 
-    def attempt(self, jobs: Sequence[Any], desc: str = "jobs") -> list[Outcome]:
-        """Run ``jobs``, retrying each failed one up to ``retries`` times; return those still failing."""
+    def attempt(self, jobs: Sequence[Job], run: JobFunction, desc: str = "jobs") -> list[Outcome]:
+        """Run each of ``jobs`` through ``run``, retrying each failed one up to ``retries`` times;
+        return those still failing."""
         pending, failures = list(jobs), []
         for attempt in range(self.retries + 1):
             if not pending:
                 break
-            outcomes = self._map(pending, f"{desc}" if attempt == 0 else f"{desc} (retry {attempt})")
+            outcomes = self._map(pending, run, f"{desc}" if attempt == 0 else f"{desc} (retry {attempt})")
             failures = [o for o in outcomes if o.error is not None]
             pending = [o.job for o in failures]
         return failures
 
-    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:  # pragma: no cover - abstract
+    def _map(self, jobs: list[Job], run: JobFunction, desc: str) -> list[Outcome]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -113,30 +112,31 @@ class LocalExecutor(Executor):
 
     jobs: int = 1
 
-    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:
+    def _map(self, jobs: list[Job], run: JobFunction, desc: str) -> list[Outcome]:
         bar = tqdm(total=len(jobs), desc=desc, disable=not self.progress or not jobs)
         outcomes = []
         if self.jobs <= 1:
             for job in jobs:
-                outcomes.append(_guarded(job))
+                outcomes.append(_guarded(run, job))
                 bar.update(1)
         else:
-            for outcome in _in_worker_processes(jobs, self.jobs):
+            for outcome in _in_worker_processes(jobs, run, self.jobs):
                 outcomes.append(outcome)
                 bar.update(1)
         bar.close()
         return outcomes
 
 
-def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[Outcome]:
-    """Run each job in a fresh spawned process, ``parallel`` at a time; yield outcomes as they end."""
+def _in_worker_processes(jobs: list[Job], run: JobFunction, parallel: int) -> Iterator[Outcome]:
+    """Run each job through ``run`` in a fresh spawned process, ``parallel`` at a time; yield
+    outcomes as they end."""
     context = multiprocessing.get_context("spawn")
     pending, running = list(jobs), {}
     while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0)
             receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_report, args=(pickle.dumps(job), sender), daemon=True)
+            process = context.Process(target=_report, args=(pickle.dumps((run, job)), sender), daemon=True)
             process.start()
             sender.close()
             running[process.sentinel] = (process, job, receiver)
@@ -151,17 +151,24 @@ def _in_worker_processes(jobs: list[Any], parallel: int) -> Iterator[Outcome]:
             yield Outcome(job, error)
 
 
-def _report(pickled_job: bytes, sender: connection.Connection) -> None:
-    sender.send(_guarded(pickled_job, _execute_in_worker).error)
+def _report(pickled_call: bytes, sender: connection.Connection) -> None:
+    """:func:`_execute_in_worker`, sending its traceback (None on success) back to the driver."""
+    sender.send(_traceback(lambda: _execute_in_worker(pickled_call)))
     sender.close()
 
 
-def _guarded(job: Any, execute: Callable[[Any], list[str]] = _execute) -> Outcome:
+def _guarded(run: JobFunction, job: Job) -> Outcome:
+    """``run(job)`` in this process, an exception kept as the outcome's traceback."""
+    return Outcome(job, _traceback(lambda: run(job)))
+
+
+def _traceback(call: Callable[[], object]) -> str | None:
+    """The traceback of the exception ``call()`` raises, None when it returns."""
     try:
-        execute(job)
-        return Outcome(job)
+        call()
+        return None
     except Exception:
-        return Outcome(job, traceback.format_exc())
+        return traceback.format_exc()
 
 
 @dataclass
@@ -176,13 +183,13 @@ class RayExecutor(Executor):
     num_gpus: float | None = None
     init_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:
+    def _map(self, jobs: list[Job], run: JobFunction, desc: str) -> list[Outcome]:
         ray = _require("ray", "ray")
         if not ray.is_initialized():
             ray.init(address=self.address, ignore_reinit_error=True, **self.init_kwargs)
         num_gpus = self.num_gpus if self.num_gpus is not None else float(_uses_cuda(jobs))
         runtime_env = {"env_vars": worker_environment()}  # merged with the job-level runtime_env's variables
-        task = ray.remote(num_cpus=self.num_cpus, num_gpus=num_gpus, runtime_env=runtime_env)(_execute)
+        task = ray.remote(num_cpus=self.num_cpus, num_gpus=num_gpus, runtime_env=runtime_env)(run)
         refs = {task.remote(job): job for job in jobs}
         outcomes = []
         for ref, job in tqdm(refs.items(), desc=desc, disable=not self.progress):
@@ -209,7 +216,7 @@ class SlurmExecutor(Executor):
     timeout_min: int = 240
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def _map(self, jobs: list[Any], desc: str) -> list[Outcome]:
+    def _map(self, jobs: list[Job], run: JobFunction, desc: str) -> list[Outcome]:
         submitit = _require("submitit", "slurm")
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         params: dict[str, Any] = {"timeout_min": self.timeout_min, "cpus_per_task": self.cpus_per_task, **self.extra}
@@ -217,7 +224,7 @@ class SlurmExecutor(Executor):
             gpus = self.gpus_per_node if self.gpus_per_node is not None else int(_uses_cuda(jobs))
             params.update(gpus_per_node=gpus, **({"slurm_partition": self.partition} if self.partition else {}))
         executor.update_parameters(**params)
-        handles = executor.map_array(_execute_in_worker, [pickle.dumps(job) for job in jobs])
+        handles = executor.map_array(_execute_in_worker, [pickle.dumps((run, job)) for job in jobs])
         outcomes = []
         for handle, job in tqdm(list(zip(handles, jobs)), desc=desc, disable=not self.progress):
             try:

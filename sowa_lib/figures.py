@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "ipympl")) else None
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from IPython.display import Image  # noqa: E402
 from matplotlib.colors import Normalize, to_rgb  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
+from skimage.transform import resize  # noqa: E402
 
 from sowa_lib.data.sample import Sample  # noqa: E402
+from sowa_lib.metrics import pixel_metrics  # noqa: E402
 from sowa_lib.profiles import PROFILES, profile_note  # noqa: E402
 from sowa_lib.tables import category_means  # noqa: E402
-from sowa_lib.vocabulary import method_label, metric_label, setting_label  # noqa: E402
-
-if TYPE_CHECKING:
-    import pandas as pd
-    import torch
+from sowa_lib.vocabulary import QUALITY_METRICS, method_label, metric_label, setting_label  # noqa: E402
 
 PROFILE_NOTE = {name: profile_note(name) for name in PROFILES}
 #: One colour per method in every figure (seaborn's colour-blind palette; SOWA in vermillion).
@@ -76,8 +78,6 @@ def save(fig: plt.Figure, name: str, out_dir: Path, alt: str | None = None) -> l
 
 def saved_alt_text(path: Path) -> str:
     """The description :func:`save` wrote into the PNG at ``path`` (its file name when there is none)."""
-    from PIL import Image as PILImage
-
     with PILImage.open(path) as image:
         return image.info.get("Description") or Path(path).stem.replace("_", " ")
 
@@ -88,9 +88,6 @@ def show(path: Path | Sequence[Path], width: int | None = None, alt: str = "") -
     :func:`save` stored). A PNG over :data:`SHOW_MAX_PNG_BYTES` is embedded at ``width`` as the smaller
     of a 64-colour PNG (charts) and a JPEG (photographs, heat maps), so that notebooks stay small;
     the file on disk keeps its full resolution."""
-    from IPython.display import Image
-    from PIL import Image as PILImage
-
     if not isinstance(path, (str, Path)):
         path = next(p for p in path if Path(p).suffix == ".png")
     path = Path(path)
@@ -144,7 +141,7 @@ CURVE_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro")
 SHOTS_LABEL = "K normal reference images (0 = zero-shot)"
 
 
-def fewshot_curves(results: "pd.DataFrame", methods: Sequence[str], datasets: Sequence[str], profile: str) -> plt.Figure:
+def fewshot_curves(results: pd.DataFrame, methods: Sequence[str], datasets: Sequence[str], profile: str) -> plt.Figure:
     """SOWA's fig5 layout: rows image AUROC, image AP, pixel AUROC, pixel AUPRO; one column per
     dataset; x = K (0 = zero-shot), mean ± std over seeds of the category means (sowa spec §4.3)."""
     frame = category_means(results[results["variant"] == "default"])
@@ -177,16 +174,13 @@ SIZE_BINS = ((0.0, 0.005, "<0.5%"), (0.005, 0.01, "<1%"), (0.01, 0.10, "≤10%")
 SIZE_METRICS = ("pixel_auroc", "aupro")
 
 
-def size_bin_metrics(pred_maps: "torch.Tensor", masks: "torch.Tensor", bins: Sequence[tuple[float, float, str]] = SIZE_BINS) -> "pd.DataFrame":
+def size_bin_metrics(pred_maps: torch.Tensor, masks: torch.Tensor, bins: Sequence[tuple[float, float, str]] = SIZE_BINS) -> pd.DataFrame:
     """Pixel AUROC and AUPRO per anomaly-size bin (sowa spec §4.6).
 
     Our reading of the unstated protocol: an anomalous image belongs to the bin of its total defect
     area as a fraction of the image; each bin is scored on its anomalous images together with all
     normal test images of the category. Bins without images are left out.
     """
-    import pandas as pd
-    from sowa_lib.metrics import pixel_metrics
-
     area = masks.float().mean(dim=(1, 2))
     normal = area == 0
     rows = []
@@ -199,7 +193,7 @@ def size_bin_metrics(pred_maps: "torch.Tensor", masks: "torch.Tensor", bins: Seq
     return pd.DataFrame(rows)
 
 
-def size_bins_plot(table: "pd.DataFrame", profile: str) -> plt.Figure:
+def size_bins_plot(table: pd.DataFrame, profile: str) -> plt.Figure:
     """Bars of pixel AUROC and AUPRO per size bin (SOWA fig8): ``table`` has the columns of
     :func:`size_bin_metrics` plus ``method`` and ``shots``; zero-shot bars are the lighter shade of
     the method's colour. Each bin's tick says how many anomalous images it holds."""
@@ -227,8 +221,6 @@ def size_bins_plot(table: "pd.DataFrame", profile: str) -> plt.Figure:
 
 def _heat(image: np.ndarray, score_map: np.ndarray) -> np.ndarray:
     """The map min-max normalised per image, JET colours blended 0.5/0.5 with the image (SOWA's visualiser)."""
-    from skimage.transform import resize
-
     span = score_map.max() - score_map.min()
     norm = (score_map - score_map.min()) / span if span > 0 else np.zeros_like(score_map)
     heat = plt.get_cmap("jet")(norm)[..., :3]
@@ -261,7 +253,7 @@ def map_panels(samples: Sequence[Sample], columns: dict[str, np.ndarray], masks:
     return fig
 
 
-def variant_bars(results: "pd.DataFrame", method: str, metrics: Sequence[str], profile: str) -> plt.Figure:
+def variant_bars(results: pd.DataFrame, method: str, metrics: Sequence[str], profile: str) -> plt.Figure:
     """One bar per variant of ``method`` (category means, mean ± std over seeds), one panel per
     metric, one shade per setting; the default configuration's value as a dashed line."""
     frame = category_means(results[results["method"] == method])
@@ -294,13 +286,11 @@ def variant_bars(results: "pd.DataFrame", method: str, metrics: Sequence[str], p
 STATUS_STYLE = {"within": ("#222222", "o"), "outside": ("#a50026", "x")}
 
 
-def claims_scatter(compared: "pd.DataFrame", paper: str, profile: str, band: float) -> plt.Figure:
+def claims_scatter(compared: pd.DataFrame, paper: str, profile: str, band: float) -> plt.Figure:
     """Claimed (x) against reproduced (y) for every claim of ``paper`` with a reproduced value, in
     percent (``compared`` from :func:`sowa_lib.tables.compare`): the diagonal, the ± ``band`` points
     tolerance band around it, and each claim coloured by its own judgement (within / outside its
     tolerance, which can be wider than the band where the paper prints a std)."""
-    from sowa_lib.claims import QUALITY_METRICS
-
     part = compared[(compared["paper"] == paper) & compared["reproduced"].notna() & compared["metric"].isin(QUALITY_METRICS)
                     & (compared["setting"] != "leaderboard")]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")

@@ -26,15 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-METRICS: tuple[str, ...] = (
-    "image_auroc",
-    "image_ap",
-    "image_f1max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_f1max",
-    "aupro",
-)
+from sowa_lib.vocabulary import QUALITY_METRICS
 AUPRO_VARIANTS: tuple[str, ...] = ("mvtec", "cflow_loop", "sowa")
 LOOP_STEPS = 200  # §3.3: max_step of April-GAN, AnomalyCLIP and SOWA
 
@@ -357,11 +349,11 @@ def category_metrics(
     aupro_variant: str = "mvtec",
     limit: float = 0.3,
 ) -> MetricValues:
-    """The seven metrics of one category, keyed by :data:`METRICS` (reasons keyed likewise)."""
+    """The seven metrics of one category, keyed by :data:`~sowa_lib.vocabulary.QUALITY_METRICS` (reasons keyed likewise)."""
     image = image_metrics(scores, labels)
     pixel = pixel_metrics(maps, masks, aupro_variant, limit)
     values = {f"image_{k}": v for k, v in image.items()}
     values |= {k if k == "aupro" else f"pixel_{k}": v for k, v in pixel.items()}
     reasons = {f"image_{k}": r for k, r in image.reasons.items()}
     reasons |= {k if k == "aupro" else f"pixel_{k}": r for k, r in pixel.reasons.items()}
-    return MetricValues({name: values[name] for name in METRICS}, reasons)
+    return MetricValues({name: values[name] for name in QUALITY_METRICS}, reasons)

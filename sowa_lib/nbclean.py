@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from sowa_lib.profiles import REPO_ROOT
 
 #: Largest committed notebook, in bytes.
@@ -90,8 +92,6 @@ def normalise(notebook: dict[str, Any], repo_root: Path = REPO_ROOT) -> dict[str
 
 def normalise_file(path: Path, repo_root: Path = REPO_ROOT) -> None:
     """Rewrite the notebook at ``path`` normalised (:func:`normalise`), in nbformat's layout."""
-    import nbformat
-
     path = Path(path)
     notebook = normalise(json.loads(path.read_text(encoding="utf-8")), repo_root)
     path.write_text(nbformat.writes(nbformat.from_dict(notebook)) + "\n", encoding="utf-8")  # as nbformat.write

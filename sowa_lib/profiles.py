@@ -7,6 +7,9 @@ MVTec-AD and VisA) and tiny randomly initialised backbones; minutes on a CPU.
 ``smoke``: the paper profile with the declared differences of :data:`SMOKE_DIFFERENCES` only (random
 weights of the real architectures, fabricated datasets in the six official layouts, one training
 step, one seed), so that the paper's code path runs before anyone downloads data or weights.
+
+Profiles are data: nothing here reads a dataset or builds a method. Their preflight (datasets in
+place, weights found) is :mod:`sowa_lib.preflight`.
 """
 from __future__ import annotations
 
@@ -15,13 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from sowa_lib.errors import ProfileNotReadyError
 from sowa_lib.methods import SMOKE_METHOD_OPTIONS, method_profile_options
+from sowa_lib.vocabulary import DEMO_DATASET, PAPER_DATASETS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ProfileNotReadyError(RuntimeError):
-    """A profile's datasets or weights are missing; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,11 @@ def auxiliary_training_options(profile: str, method: str, auxiliary: str) -> dic
 # Cross-dataset protocol (sowa spec §2.1; april_gan_winclip_peers §1.7): train on the auxiliary
 # dataset's test split. MVTec-AD is the auxiliary set of every target but itself (SOWA's scripts).
 PAPER_AUXILIARY = {"mvtec": "visa", "visa": "mvtec", "btad": "mvtec", "dagm": "mvtec", "dtd_synthetic": "mvtec", "mvtec3d": "mvtec"}
-PAPER_LOADERS = ("mvtec", "visa", "btad", "dagm", "dtd_synthetic", "mvtec3d")
 
 
 def demo_profile(data_root: Path | None = None, results_dir: Path | None = None, device: str = "cpu") -> Profile:
     root = Path(data_root or REPO_ROOT / "data" / "demo")
-    datasets = {name: DatasetRef(name, "demo", root / name) for name in ("demo_a", "demo_b")}
+    datasets = {name: DatasetRef(name, DEMO_DATASET, root / name) for name in ("demo_a", "demo_b")}
     return Profile(
         name="demo",
         datasets=datasets,
@@ -109,7 +109,7 @@ def paper_profile(data_root: Path | None = None, results_dir: Path | None = None
     if not root:
         raise ProfileNotReadyError("the paper profile needs DATA_ROOT: run `make reproduce-all PROFILE=paper DATA_ROOT=/path/to/data` "
                                    "after `make data DATASETS=mvtec,visa,... DATA_ROOT=/path/to/data`")
-    datasets = {name: DatasetRef(name, name, Path(root) / name) for name in PAPER_LOADERS}
+    datasets = {name: DatasetRef(name, name, Path(root) / name) for name in PAPER_DATASETS}
     return Profile(
         name="paper",
         datasets=datasets,
@@ -162,64 +162,3 @@ def get_profile(name: str = "demo", data_root: str | Path | None = None, results
     if name == "paper":
         return paper_profile(data_root, results_dir, device or "cuda")
     raise ValueError(f"unknown profile {name!r}; use one of {PROFILES}")
-
-
-def prepare(profile: Profile, datasets: list[str] | None = None) -> dict[str, list[str]]:
-    """Make sure the profile's datasets are there and return their categories.
-
-    The demo benchmark is generated on demand (deterministic, seconds), the smoke profile's
-    fabricated benchmarks and official-format checkpoints likewise. For the paper profile a missing
-    dataset raises :class:`ProfileNotReadyError` listing every missing one and the command that
-    fetches it.
-    """
-    from sowa_lib import data
-
-    wanted = datasets or list(profile.datasets)
-    if profile.name == "demo":
-        from sowa_lib.data import demo
-
-        demo.generate(profile.datasets[wanted[0]].root.parent)
-    if profile.name == "smoke":
-        from sowa_lib.data.fabricate import fabricate_benchmarks
-
-        fabricate_benchmarks(profile.datasets[wanted[0]].root.parent)
-    found, problems = {}, []
-    for name in wanted:
-        ref = profile.datasets[name]
-        try:
-            found[name] = data.categories(ref.loader, ref.root)
-        except Exception as err:  # every loader error carries the fix in its message
-            problems.append(f"- {name}: {err}")
-    if problems:
-        raise ProfileNotReadyError(f"profile {profile.name!r} cannot start; missing or malformed datasets:\n" + "\n".join(problems))
-    return found
-
-
-#: Constructor options that change which pretrained weights a method loads.
-WEIGHT_OPTIONS = ("backbone", "pretrained", "checkpoint")
-
-
-def check_weights(profile: Profile, method_names: list[str], variants: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
-    """Build each method once with ``profile``'s settings, and each ``(method, overrides)`` variant
-    whose overrides change its weights (:data:`WEIGHT_OPTIONS`, e.g. AGPNet's backbone ablation),
-    so that missing pretrained weights stop the study before it starts, with every missing file
-    listed in one message. The demo profile uses randomly initialised models and needs no weights;
-    the smoke profile's builds are the paper's (random weights), so they are checked too."""
-    if profile.name == "demo":
-        return
-    from sowa_lib import methods
-    from sowa_lib.backbones.weights import WeightsNotFoundError
-
-    builds: dict[str, tuple[str, dict[str, Any]]] = {name: (name, {}) for name in method_names}
-    for name, overrides in variants:
-        weights = {k: v for k, v in overrides.items() if k in WEIGHT_OPTIONS}
-        if weights:
-            builds.setdefault(f"{name} {weights}", (name, overrides))
-    problems = []
-    for label, (name, overrides) in builds.items():
-        try:
-            methods.build(name, profile=profile.name, **overrides)
-        except WeightsNotFoundError as err:
-            problems.append(f"- {label}: {err}")
-    if problems:
-        raise ProfileNotReadyError(f"profile {profile.name!r} cannot start; missing pretrained weights:\n" + "\n".join(problems))

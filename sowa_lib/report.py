@@ -18,11 +18,13 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import mistune
 import pandas as pd
 
 from sowa_lib import figures, narrative, runs, tables
-from sowa_lib.claims import QUALITY_METRICS, load_claims
+from sowa_lib.claims import load_claims
 from sowa_lib.profiles import REPO_ROOT, Profile, get_profile
+from sowa_lib.vocabulary import QUALITY_METRICS
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
@@ -38,8 +40,6 @@ figcaption, .caption { font-size: 0.85em; color: #555; } code { background: #f4f
 
 def _markdown(text: str) -> str:
     """Markdown (with pipe tables) as HTML; raw HTML in the source is escaped."""
-    import mistune
-
     return mistune.create_markdown(escape=True, plugins=["table"])(text)
 
 

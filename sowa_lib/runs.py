@@ -28,13 +28,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+import torch
 
 import sowa_lib
 from sowa_lib import fingerprint
-
-# ``efficiency``: a speed measurement (fps, params, GFLOPs, peak memory) of one method configuration
-# on one category's test images (:func:`sowa_lib.speed.speed_run`).
-SETTINGS = ("zero_shot", "few_shot", "multi_class", "one_class", "efficiency")
+from sowa_lib.vocabulary import RUN_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,8 @@ class RunSpec:
     variant: str = "default"
 
     def __post_init__(self) -> None:
-        if self.setting not in SETTINGS:
-            raise ValueError(f"setting {self.setting!r} not in {SETTINGS}")
+        if self.setting not in RUN_SETTINGS:
+            raise ValueError(f"setting {self.setting!r} not in {RUN_SETTINGS}")
         for name in ("dataset", "category", "method", "variant"):
             value = getattr(self, name)
             if not value or "/" in value or value.startswith("."):
@@ -115,8 +113,6 @@ def _package_version(name: str) -> str:
 def provenance(weights: str = "", device: str = "cpu") -> dict[str, str]:
     """Where and with what a run was computed: commit and whether the tree was dirty, package versions,
     weights id, host, device."""
-    import torch
-
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else ""
     return {
         **fingerprint.code_state(),

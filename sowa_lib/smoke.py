@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sowa_lib.evaluate import Plan
+import pandas as pd
+import torch
+
+from sowa_lib import runs, tables
+from sowa_lib.evaluate import Plan, run_plan
+from sowa_lib.preflight import prepare
+from sowa_lib.profiles import get_profile, profile_note
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,6 @@ STEPS: tuple[Step, ...] = (
 
 def run_step(step: Step, results_dir: str, device: str, threads: int) -> dict[str, Any]:
     """Run ``step`` in this process; its wall seconds, peak memory and the image size it ran at."""
-    import torch
-
-    from sowa_lib.evaluate import run_plan
-    from sowa_lib.profiles import get_profile
-
     torch.set_num_threads(threads)
     profile = get_profile("smoke", results_dir=results_dir, device=device)
     start = time.perf_counter()
@@ -85,12 +86,6 @@ def run_isolated(step: Step, results_dir: str, device: str, threads: int) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pandas as pd
-    import torch
-
-    from sowa_lib import runs, tables
-    from sowa_lib.profiles import get_profile, prepare, profile_note
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", default=None, help="default: a new temporary folder (the runs are timed, not reused)")
     parser.add_argument("--device", default="cpu")

@@ -16,17 +16,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sowa_lib import data, runs
-from sowa_lib.evaluate import Plan, speed_run
-from sowa_lib.profiles import REPO_ROOT, Profile, get_profile, prepare
 from sowa_lib.progress import tqdm  # first, so that no third-party tqdm.auto import warns in the notebooks
+
+from sowa_lib import data, runs
+from sowa_lib.claims import load_claims
+from sowa_lib.data.references import draw_references
+from sowa_lib.data.transforms import load_images, load_masks
+from sowa_lib.evaluate import Plan, category_predictions, predictions, speed_run
+from sowa_lib.executors import Executor, get_executor
+from sowa_lib.figures import size_bin_metrics
+from sowa_lib.metrics import category_metrics
+from sowa_lib.ops import gaussian_blur
+from sowa_lib.preflight import prepare
+from sowa_lib.profiles import REPO_ROOT, Profile, get_profile
 
 
 class OpenStudy(NamedTuple):
     """What :func:`open` returns: the profile, the executor the sweeps run on, each dataset's categories."""
 
     study: Profile
-    executor: Any
+    executor: Executor
     categories: dict[str, list[str]]
 
 
@@ -41,11 +50,9 @@ def open(profile: str = "demo", data_root: str | Path | None = None, results_dir
          device: str | None = None, executor: str = "local", datasets: list[str] | None = None,
          verbose: bool = True) -> OpenStudy:
     """The profile ``profile`` with its datasets in place (the demo benchmark is generated on demand;
-    a missing paper dataset raises :class:`~sowa_lib.profiles.ProfileNotReadyError` saying what to
+    a missing paper dataset raises :class:`~sowa_lib.errors.ProfileNotReadyError` saying what to
     fetch), the executor ``executor`` (:func:`sowa_lib.executors.get_executor`) and the categories of
     ``datasets`` (default: every dataset of the profile). Prints one line saying so when ``verbose``."""
-    from sowa_lib.executors import get_executor
-
     study = get_profile(profile, data_root, results_dir, device)
     categories = prepare(study, datasets)
     if verbose:
@@ -61,11 +68,6 @@ def floor_scores(study: Profile, categories: dict[str, list[str]], shots: int = 
     the mean of ``shots`` normal training images (seed 0), blurred, with its maximum as the image
     score, scored by :func:`sowa_lib.metrics.category_metrics`. One row per (dataset, category),
     metric values as fractions."""
-    from sowa_lib.data.references import draw_references
-    from sowa_lib.data.transforms import load_images, load_masks
-    from sowa_lib.metrics import category_metrics
-    from sowa_lib.ops import gaussian_blur
-
     rows = []
     for name, categories_of in categories.items():
         ref = study.datasets[name]
@@ -119,8 +121,6 @@ def speed_ratios(speeds: pd.DataFrame, reference: str = "sowa", others: Sequence
     """SOWA's speed figure (fig9, images/s per dataset, from :mod:`sowa_lib.claims`) as ratios
     ``reference / other`` of images per second, beside the same ratio measured in ``speeds``
     (:func:`speed_table`). One row per paper dataset plus a ``measured here`` row."""
-    from sowa_lib.claims import load_claims
-
     fig9 = load_claims("sowa").query("metric == 'fps'").pivot_table(index="dataset", columns="method", values="value")
     columns = [f"{reference} / {m}" for m in others]
     claimed = pd.DataFrame({c: fig9[reference] / fig9[m] for c, m in zip(columns, others)})
@@ -140,9 +140,6 @@ def hierarchical_maps(study: Profile, dataset: str, category: str, anomalous: in
     """SOWA zero-shot on a few test images of one category: the samples, each tapped layer's abnormal
     probability ``H1``… (``SOWAOutput.layer_probabilities``, sowa spec fig7) and the fused map that
     ``predict`` returns, and the masks at the maps' resolution."""
-    from sowa_lib.data.transforms import load_images
-    from sowa_lib.evaluate import Plan, predictions
-
     sowa, samples, pred, masks = predictions(Plan("sowa", "zero_shot", (dataset,)), study, dataset, category)
     picked = _anomalous_then_normal(samples, anomalous, normal)
     shown = [samples[i] for i in picked]
@@ -156,8 +153,6 @@ def method_maps(study: Profile, methods: Sequence[str], dataset: str, category: 
     """Each of ``methods`` at ``shots`` references (seed 0) on the first ``anomalous`` anomalous test
     images of one category (sowa fig6): the samples, each method's maps (at its own resolution) and
     the masks at the first method's resolution."""
-    from sowa_lib.evaluate import Plan, predictions
-
     columns, masks, picked, samples = {}, None, None, []
     for method in methods:
         plan = Plan(method, "zero_shot" if shots == 0 else "few_shot", (dataset,), shots=(shots,))
@@ -172,9 +167,6 @@ def size_bin_table(study: Profile, methods: Sequence[str], dataset: str, categor
     """Pixel AUROC and AUPRO per defect-size bin (:func:`sowa_lib.figures.size_bin_metrics`) of each
     method at each K (seed 0), over all test images of ``categories`` pooled; one row per (method,
     K, bin) with ``method``, ``shots``, ``bin``, ``images`` and the two metrics in percent."""
-    from sowa_lib.evaluate import Plan, category_predictions
-    from sowa_lib.figures import size_bin_metrics
-
     rows = []
     for method in methods:
         for k in shots:

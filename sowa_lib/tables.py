@@ -43,11 +43,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sowa_lib.claims import EFFICIENCY_METRICS, METHODS, QUALITY_METRICS, load_claims
 from sowa_lib.ablations import CLAIM_RUNS
+from sowa_lib.claims import load_claims
 from sowa_lib.data import full_category_set
 from sowa_lib.profiles import dataset_for_role
-from sowa_lib.runs import SETTINGS as RUN_SETTINGS
+from sowa_lib.vocabulary import DATASET_LABELS, EFFICIENCY_METRICS, METHODS, METRIC_HEADS, QUALITY_METRICS, RUN_SETTINGS
 
 DEMO_BANNER = ("DEMO PROFILE — numbers come from the embedded demo benchmark and tiny randomly initialised "
                "models; they are NOT comparable with the paper's claims.")
@@ -77,15 +77,6 @@ NO_PRODUCER_NOTE = ("no_producer = nothing in this study produces the number yet
                     "other_device = fps measured on another device than the paper's GPU (shown, not judged)")
 
 
-#: Metric ids as the papers print them, for rendered tables.
-METRIC_LABELS = {
-    "image_auroc": "image AUROC", "image_ap": "image AP", "image_f1max": "image F1-max", "pixel_auroc": "pixel AUROC",
-    "pixel_ap": "pixel AP", "pixel_f1max": "pixel F1-max", "aupro": "AUPRO", "fps": "FPS (img/s)", "params": "params (M)",
-    "gflops": "GFLOPs", "vand_f1max": "VAND F1-max", "pixel_auroc_gain": "pixel AUROC gain", "aupro_gain": "AUPRO gain",
-}
-#: Dataset ids as the papers print them.
-DATASET_LABELS = {"mvtec": "MVTec-AD", "visa": "VisA", "btad": "BTAD", "dagm": "DAGM", "dtd_synthetic": "DTD-Synthetic",
-                  "mvtec3d": "MVTec 3D-AD", "vand2023": "VAND 2023"}
 #: Columns of the per-table CSV files: one row per claim. ``dataset`` is where the reproduced numbers
 #: come from (the demo dataset playing the role), ``claimed_dataset`` the paper's.
 TIDY_COLUMNS = ["paper", "table", "method", "dataset", "claimed_dataset", "category", "setting", "shots", "variant", "metric",
@@ -344,7 +335,7 @@ def _label(field: str, value: object, profile: str) -> str:
     if pd.isna(value):
         return ""
     if field == "metric":
-        return METRIC_LABELS.get(str(value), str(value))
+        return METRIC_HEADS.get(str(value), str(value))
     if field == "dataset" and value:
         return dataset_label(str(value), profile)
     return str(value)

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 from sowa_lib.claims import (
-    CLAIM_COLUMNS, DATASETS, KEY_COLUMNS, METHODS, METRICS, PAPERS, SETTINGS, ClaimsError, disagreements, load_claims,
+    CLAIM_COLUMNS, KEY_COLUMNS, PAPERS, disagreements, load_claims,
     raw_claims, validate,
 )
+from sowa_lib.errors import ClaimsError
+from sowa_lib.vocabulary import CLAIM_DATASETS, CLAIM_METRICS, CLAIM_SETTINGS, METHODS
 
 
 # Claims per (paper, table): a guard against silently lost or duplicated rows.
@@ -38,9 +40,9 @@ def test_every_paper_loads_with_the_agreed_columns_and_vocabularies() -> None:
     claims = load_claims()
     assert list(claims.columns) == CLAIM_COLUMNS
     assert set(claims["paper"]) == set(PAPERS)
-    assert set(claims["metric"]) <= set(METRICS)
-    assert set(claims["setting"]) <= set(SETTINGS)
-    assert set(claims["dataset"]) <= set(DATASETS) | {""}
+    assert set(claims["metric"]) <= set(CLAIM_METRICS)
+    assert set(claims["setting"]) <= set(CLAIM_SETTINGS)
+    assert set(claims["dataset"]) <= set(CLAIM_DATASETS) | {""}
     assert set(METHODS) <= set(claims["method"])
     assert claims["value"].notna().all()
     assert (claims.loc[claims["setting"] == "zero_shot", "shots"] == 0).all()

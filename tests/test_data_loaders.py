@@ -6,9 +6,8 @@ import pytest
 import sowa_lib.data as data
 from sowa_lib.data.fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tree, visa_tree, write_image, write_mask
 from sowa_lib.data import btad, dagm, dtd_synthetic, mvtec, mvtec3d, visa
-from sowa_lib.data.errors import DatasetError, DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
+from sowa_lib.errors import CorruptImageError, DatasetError, DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
 from sowa_lib.data.references import draw_references
-from sowa_lib.data.sample import CorruptImageError
 
 CORNER = np.zeros((8, 8), dtype=bool)
 CORNER[:2, :2] = True

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sowa_lib import data
 from sowa_lib.data import demo
-from sowa_lib.data.errors import DatasetLayoutError, DatasetNotFoundError
+from sowa_lib.errors import DatasetLayoutError, DatasetNotFoundError
 
 DEFAULTS = {"n_train": 8, "n_test_good": 6, "n_test_bad": 6}
 SMALL = {"image_size": 48, "n_train": 2, "n_test_good": 1, "n_test_bad": 2}

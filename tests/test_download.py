@@ -12,8 +12,8 @@ import pytest
 from sowa_lib.data.fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tree
 from sowa_lib.data import btad, mvtec
 from sowa_lib.data import download as dl
-from sowa_lib.data.errors import DatasetLayoutError
-from sowa_lib.data.prepare import ManualDownloadRequired, count_problems, main, prepare_dataset
+from sowa_lib.data.prepare import count_problems, main, prepare_dataset
+from sowa_lib.errors import ChecksumError, DatasetLayoutError, DownloadError, ManualDownloadRequired, UnsafeArchiveError
 
 
 class FakeResponse(io.BytesIO):
@@ -45,9 +45,9 @@ def test_file_hashes_and_published_hash_check(tmp_path):
     good = dl.DatasetSource("x", "X", "", "", sha256=hashes["sha256"], md5=hashes["md5"])
     dl.check_hashes(hashes, good, archive)
     dl.check_hashes(hashes, replace(good, sha256=None), archive)  # md5-only source (MVTec 3D-AD)
-    with pytest.raises(dl.ChecksumError, match="md5 of .*a.bin is"):
+    with pytest.raises(ChecksumError, match="md5 of .*a.bin is"):
         dl.check_hashes(hashes, replace(good, sha256=None, md5="0" * 32), archive)
-    with pytest.raises(dl.ChecksumError, match="sha256"):
+    with pytest.raises(ChecksumError, match="sha256"):
         dl.check_hashes(hashes, replace(good, sha256="0" * 64), archive)
 
 
@@ -86,17 +86,17 @@ def _tar_with(path: Path, members: dict[str, bytes], links: dict[str, str] | Non
 @pytest.mark.parametrize("member", ["../escape.txt", "/tmp/absolute.txt", "a/../../escape.txt"])
 def test_tar_path_traversal_is_refused_before_writing(tmp_path, member):
     archive = _tar_with(tmp_path / "bad.tar.xz", {"ok/file.txt": b"x", member: b"evil"})
-    with pytest.raises(dl.UnsafeArchiveError, match="outside"):
+    with pytest.raises(UnsafeArchiveError, match="outside"):
         dl.safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out/ok").exists() and not (tmp_path / "escape.txt").exists()
 
 
 def test_links_and_zip_traversal_are_refused_and_normal_archives_extract(tmp_path):
-    with pytest.raises(dl.UnsafeArchiveError, match="link"):
+    with pytest.raises(UnsafeArchiveError, match="link"):
         dl.safe_extract(_tar_with(tmp_path / "l.tar.xz", {}, {"link": "/etc/passwd"}), tmp_path / "out1")
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as bundle:
         bundle.writestr("../escape.txt", b"evil")
-    with pytest.raises(dl.UnsafeArchiveError, match="outside"):
+    with pytest.raises(UnsafeArchiveError, match="outside"):
         dl.safe_extract(tmp_path / "z.zip", tmp_path / "out2")
     dl.safe_extract(_tar_with(tmp_path / "g.tar.xz", {"a/b.txt": b"hello"}), tmp_path / "out3")
     assert (tmp_path / "out3/a/b.txt").read_bytes() == b"hello"
@@ -144,7 +144,7 @@ def test_prepare_mvtec_downloads_verifies_extracts_and_asserts_counts(tmp_path, 
 def test_prepare_rejects_a_bad_hash_and_extracts_nothing(tmp_path, monkeypatch):
     archive = _archive_of(mvtec_tree(tmp_path / "src"), tmp_path / "mvtec_anomaly_detection.tar.xz")
     server = _serve(monkeypatch, "mvtec", archive, sha256="f" * 64)
-    with pytest.raises(dl.ChecksumError):
+    with pytest.raises(ChecksumError):
         prepare_dataset("mvtec", tmp_path / "data", progress=False, opener=server)
     assert not (tmp_path / "data/mvtec").exists()
 
@@ -181,7 +181,7 @@ def test_network_failure_is_one_clear_error_and_416_means_complete(tmp_path):
     def offline(request):
         raise urllib.error.URLError("Name or service not known")
     target = tmp_path / "archive.tar"
-    with pytest.raises(dl.DownloadError, match=f"download the file by hand and put it at {target}"):
+    with pytest.raises(DownloadError, match=f"download the file by hand and put it at {target}"):
         dl.download("https://example.invalid/archive.tar", target, progress=False, opener=offline)
 
     def satisfied(request):

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from sowa_lib import runs
-from sowa_lib.evaluate import Plan, make_jobs, run_plan
-from sowa_lib.executors import LocalExecutor, SweepError, get_executor
+from sowa_lib.errors import SweepError
+from sowa_lib.evaluate import Plan, run_plan
+from sowa_lib.executors import LocalExecutor, get_executor
+from sowa_lib.jobs import expand, make_jobs
 
 TOY = "toy_method:MeanDistance"
 CATS = ("brick", "grass")
@@ -206,8 +208,6 @@ def test_executor_options_come_from_the_environment(monkeypatch):
 
 
 def test_jobs_group_runs_by_category(demo_study):
-    from sowa_lib.evaluate import expand
-
     specs = expand(_plan(), demo_study, {"demo_a": list(CATS)})
     train_jobs, eval_jobs = make_jobs(_plan(), demo_study, specs)
     assert train_jobs == [] and len(eval_jobs) == 2 and all(len(j.specs) == 4 for j in eval_jobs)
@@ -281,8 +281,9 @@ def test_paper_profile_refuses_to_start_without_data(tmp_path, capsys):
 
 def test_missing_weights_are_listed_before_the_study_starts(monkeypatch, tmp_path):
     from sowa_lib import methods
-    from sowa_lib.backbones.weights import WeightsNotFoundError
-    from sowa_lib.profiles import ProfileNotReadyError, check_weights, get_profile
+    from sowa_lib.errors import ProfileNotReadyError, WeightsNotFoundError
+    from sowa_lib.preflight import check_weights
+    from sowa_lib.profiles import get_profile
 
     built = []
 

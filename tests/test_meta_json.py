@@ -6,7 +6,7 @@ import pytest
 from sowa_lib.data.fabricate import dagm_tree, mvtec3d_tree, mvtec_tree, visa_tree
 import sowa_lib.data as data
 from sowa_lib.data import dagm, mvtec, mvtec3d, visa
-from sowa_lib.data.errors import DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
+from sowa_lib.errors import DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
 from sowa_lib.data.meta_json import load_meta_json, meta_json_categories, write_meta_json
 
 

@@ -11,12 +11,12 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from sowa_lib.metrics import (
     AUPRO_VARIANTS,
-    METRICS,
     aupro,
     category_metrics,
     image_metrics,
     pixel_metrics,
 )
+from sowa_lib.vocabulary import QUALITY_METRICS
 
 # ----------------------------------------------------------------------------- slow references
 
@@ -350,7 +350,7 @@ def test_category_metrics_uses_the_fixed_vocabulary() -> None:
     maps, masks = blob_maps(5, 16, seed=12)
     scores, labels = maps.max(axis=(1, 2)), masks.any(axis=(1, 2))
     got = category_metrics(scores, labels, maps, masks)
-    assert tuple(got) == METRICS
+    assert tuple(got) == QUALITY_METRICS
     assert got["aupro"] == aupro(maps, masks)
     assert got["image_auroc"] == image_metrics(scores, labels)["auroc"]
     assert got["pixel_ap"] == pixel_metrics(maps, masks)["ap"]
@@ -358,7 +358,7 @@ def test_category_metrics_uses_the_fixed_vocabulary() -> None:
     assert all(math.isnan(v) for v in normal_only.values())
     assert normal_only.reasons["image_auroc"] == "no anomalous image"
     assert normal_only.reasons["pixel_f1max"] == "no anomalous pixel"
-    assert set(normal_only.reasons) == set(METRICS)
+    assert set(normal_only.reasons) == set(QUALITY_METRICS)
 
 
 def test_invalid_inputs_are_rejected() -> None:

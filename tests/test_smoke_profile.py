@@ -9,11 +9,13 @@ import pytest
 
 from sowa_lib import data, methods, tables
 from sowa_lib.data.fabricate import SMOKE_TEST_DEFECT, SMOKE_TEST_GOOD, SMOKE_TRAIN, fabricate_benchmarks
-from sowa_lib.evaluate import Plan, training_key
 from sowa_lib.figures import PROFILE_NOTE
-from sowa_lib.profiles import (PAPER_LOADERS, SMOKE_DIFFERENCES, SMOKE_METHOD_OPTIONS, get_profile, method_profile_options,
-                               paper_profile, prepare, smoke_profile)
+from sowa_lib.jobs import Plan, training_key
+from sowa_lib.profiles import (SMOKE_DIFFERENCES, SMOKE_METHOD_OPTIONS, get_profile, method_profile_options,
+                               paper_profile, smoke_profile)
+from sowa_lib.preflight import prepare
 from sowa_lib.runs import RunSpec
+from sowa_lib.vocabulary import PAPER_DATASETS
 
 
 def test_smoke_profile_is_the_paper_profile_but_for_its_declared_fields(tmp_path):
@@ -34,7 +36,7 @@ def test_smoke_method_options_are_the_papers_plus_declared_differences(name):
 
 def test_every_loader_reads_the_fabricated_benchmarks(tmp_path):
     folders = fabricate_benchmarks(tmp_path)
-    assert set(folders) == set(PAPER_LOADERS)
+    assert set(folders) == set(PAPER_DATASETS)
     for name, root in folders.items():
         categories = data.categories(name, root)
         assert len(categories) == 2, name
@@ -66,7 +68,7 @@ def test_fabricated_masks_follow_each_benchmarks_own_naming(tmp_path):
 def test_prepare_fabricates_the_smoke_data_and_every_note_says_not_paper_numbers(tmp_path):
     profile = get_profile("smoke", data_root=tmp_path / "smoke", results_dir=tmp_path / "results")
     assert profile.device == "cpu"
-    assert {name: len(cats) for name, cats in prepare(profile).items()} == {name: 2 for name in PAPER_LOADERS}
+    assert {name: len(cats) for name, cats in prepare(profile).items()} == {name: 2 for name in PAPER_DATASETS}
     assert "not paper numbers" in tables.banner("smoke") and "random weights" in tables.banner("smoke")
     assert "not paper numbers" in PROFILE_NOTE["smoke"]
 

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from sowa_lib import tables
-from sowa_lib.claims import QUALITY_METRICS, load_claims
+from sowa_lib.claims import load_claims
 from sowa_lib.data.mvtec import CATEGORIES as MVTEC_CATEGORIES
 from sowa_lib.runs import RESULT_COLUMNS
+from sowa_lib.vocabulary import METRIC_HEADS, QUALITY_METRICS
 
 AG_METRICS = ["pixel_auroc", "pixel_f1max", "pixel_ap", "aupro", "image_auroc", "image_f1max", "image_ap"]
 
@@ -39,7 +40,7 @@ def zero_shot_mvtec() -> pd.DataFrame:
 
 def _cell(table: pd.DataFrame, column: str, **row: object) -> str:
     """The cell of ``column`` (a metric id is looked up by its printed name) in the row ``row``."""
-    column = tables.METRIC_LABELS.get(column, column)
+    column = METRIC_HEADS.get(column, column)
     mask = pd.Series(True, index=table.index)
     for field, value in row.items():
         mask &= table[field] == str(value)
@@ -49,7 +50,7 @@ def _cell(table: pd.DataFrame, column: str, **row: object) -> str:
 
 def test_per_category_table_keeps_the_papers_shape(zero_shot_mvtec: pd.DataFrame) -> None:
     table = tables.build_table("april_gan_table_5", zero_shot_mvtec, "paper")
-    assert list(table.columns) == ["category", *(tables.METRIC_LABELS[m] for m in AG_METRICS)]
+    assert list(table.columns) == ["category", *(METRIC_HEADS[m] for m in AG_METRICS)]
     assert list(table.columns)[1:4] == ["pixel AUROC", "pixel F1-max", "pixel AP"]
     assert table["category"].tolist()[:3] == ["carpet", "bottle", "hazelnut"]
     assert table["category"].iloc[-1] == "mean" and len(table) == 16

@@ -1,16 +1,13 @@
-"""The one error every backbone raises when pretrained weights are missing."""
+"""Where every backbone looks for pretrained weights, and the one error it raises when they are
+missing (:class:`~sowa_lib.errors.WeightsNotFoundError`, defined with the library's other errors)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from sowa_lib.profiles import ProfileNotReadyError
+from sowa_lib.errors import WeightsNotFoundError
 
-
-class WeightsNotFoundError(ProfileNotReadyError, FileNotFoundError):
-    """Pretrained weights are neither cached nor downloadable (or a given file is absent); the
-    message names the file, where to put it, and the argument that takes a local path."""
-
+__all__ = ["WEIGHTS_DIR_ENV", "WeightsNotFoundError", "downloads_disabled", "weights_cache"]
 
 WEIGHTS_DIR_ENV = "WEIGHTS_DIR"
 

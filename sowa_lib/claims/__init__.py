@@ -8,15 +8,17 @@ Columns (``CLAIM_COLUMNS``):
 
 - ``paper``: the paper that *prints* the number (a number printed by two papers has two rows).
 - ``table``: the paper's own table id (``Table 3``) or name (``readme_table_1``, ``fig5``, ``abstract``).
-- ``dataset`` (``DATASETS``), ``category`` (the project's category id, or ``mean`` for the
-  printed average; empty where not applicable, e.g. efficiency), ``method`` (``METHODS`` plus
-  competitors we do not implement, named as printed in lower snake case).
-- ``setting`` (``SETTINGS``) and ``shots`` (0 for zero-shot, K for K-shot, empty where not
-  applicable: multi-/one-class full-data training, efficiency, the VAND few-shot track).
+- ``dataset`` (:data:`~sowa_lib.vocabulary.CLAIM_DATASETS`), ``category`` (the project's category
+  id, or ``mean`` for the printed average; empty where not applicable, e.g. efficiency), ``method``
+  (:data:`~sowa_lib.vocabulary.METHODS` plus competitors we do not implement, named as printed in
+  lower snake case).
+- ``setting`` (:data:`~sowa_lib.vocabulary.CLAIM_SETTINGS`) and ``shots`` (0 for zero-shot, K for
+  K-shot, empty where not applicable: multi-/one-class full-data training, efficiency, the VAND
+  few-shot track).
 - ``variant``: ``default`` or the ablation option (path-safe, e.g. ``backbone=clip_vit_b``).
-- ``metric`` (``METRICS``), ``value`` and ``std`` exactly as printed (percent with 0.1 precision
-  for quality metrics; leaderboard rows are the VAND fractions as printed; efficiency units as
-  printed: fps in images/s, params in millions, gflops in GFLOPs).
+- ``metric`` (:data:`~sowa_lib.vocabulary.CLAIM_METRICS`), ``value`` and ``std`` exactly as printed
+  (percent with 0.1 precision for quality metrics; leaderboard rows are the VAND fractions as
+  printed; efficiency units as printed: fps in images/s, params in millions, gflops in GFLOPs).
 - ``digitized`` (read off a figure), ``uncertainty`` (stated reading uncertainty, points),
   ``inferred`` (an attribution that the source does not state: a column header the export lost,
   inferred from the text, or a fig5 baseline marker at K=1/2, assigned to a method from the printed
@@ -33,6 +35,9 @@ from importlib import resources
 
 import pandas as pd
 
+from sowa_lib.errors import ClaimsError
+from sowa_lib.vocabulary import CLAIM_DATASETS, CLAIM_METRICS, CLAIM_SETTINGS
+
 PAPERS = ("sowa", "april_gan", "winclip", "agpnet")
 CLAIM_COLUMNS = [
     "paper", "table", "dataset", "category", "method", "setting", "shots", "variant", "metric",
@@ -42,28 +47,6 @@ CLAIM_COLUMNS = [
 KEY_COLUMNS = ["paper", "table", "dataset", "category", "method", "setting", "shots", "variant", "metric"]
 # The fields that say *which* number a claim is, whichever paper and table print it.
 CLAIM_IDENTITY = KEY_COLUMNS[2:]
-
-QUALITY_METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
-EFFICIENCY_METRICS = ("fps", "params", "gflops")
-# Printed outside the issue's list:
-# - vand_f1max: the VAND 2023 challenge score (per category the harmonic mean of image and pixel
-#   F1-max, then the mean over categories), April-GAN Tables 1-2, as a fraction;
-# - pixel_auroc_gain, aupro_gain: gain in points from 0-shot to 4-shot per defect-size bin,
-#   SOWA fig8(c) (digitized).
-EXTRA_METRICS = ("vand_f1max", "pixel_auroc_gain", "aupro_gain")
-METRICS = QUALITY_METRICS + EFFICIENCY_METRICS + EXTRA_METRICS
-
-# The project's dataset ids, plus vand2023: the VAND 2023 challenge test set (a modified VisA whose
-# ground truth is not public), which only the April-GAN leaderboards use.
-DATASETS = ("mvtec", "visa", "btad", "dagm", "dtd_synthetic", "mvtec3d", "vand2023")
-SETTINGS = ("zero_shot", "few_shot", "multi_class", "one_class", "ablation", "leaderboard", "efficiency")
-# Methods this project implements; other method ids are competitors named as printed.
-METHODS = ("sowa", "april_gan", "winclip", "spade", "padim", "patchcore", "agpnet")
-
-
-class ClaimsError(ValueError):
-    """A claims file breaks the schema; the message names the file row."""
-
 
 def _read(paper: str) -> pd.DataFrame:
     """One paper's CSV with typed columns (``shots`` nullable int, ``std``/``uncertainty`` float)."""
@@ -91,10 +74,10 @@ def _violations(raw: pd.DataFrame, paper: str) -> list[tuple[str, pd.Series]]:
     flags = raw["digitized"].isin(["True", "False"]) & raw["inferred"].isin(["True", "False"])
     return [
         ("paper {paper!r} in the wrong file", raw["paper"] != paper),
-        ("unknown metric {metric!r}", ~raw["metric"].isin(METRICS)),
-        ("unknown setting {setting!r}", ~raw["setting"].isin(SETTINGS)),
+        ("unknown metric {metric!r}", ~raw["metric"].isin(CLAIM_METRICS)),
+        ("unknown setting {setting!r}", ~raw["setting"].isin(CLAIM_SETTINGS)),
         ("unknown dataset {dataset!r}",
-         ~(raw["dataset"].isin(DATASETS) | (blank("dataset") & (raw["setting"] == "efficiency")))),
+         ~(raw["dataset"].isin(CLAIM_DATASETS) | (blank("dataset") & (raw["setting"] == "efficiency")))),
         ("shots {shots!r} is not an int", ~(blank("shots") | raw["shots"].str.fullmatch(r"\d+"))),
         ("zero_shot needs shots 0", (raw["setting"] == "zero_shot") & (raw["shots"] != "0")),
         ("few_shot needs shots > 0", (raw["setting"] == "few_shot") & raw["shots"].isin(["", "0"])),
@@ -164,7 +147,6 @@ def disagreements(claims: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = [
-    "CLAIM_COLUMNS", "CLAIM_IDENTITY", "ClaimsError", "DATASETS", "EFFICIENCY_METRICS", "EXTRA_METRICS",
-    "KEY_COLUMNS", "METHODS", "METRICS", "PAPERS", "QUALITY_METRICS", "SETTINGS", "disagreements",
-    "load_claims", "raw_claims", "validate",
+    "CLAIM_COLUMNS", "CLAIM_IDENTITY", "KEY_COLUMNS", "PAPERS", "disagreements", "load_claims",
+    "raw_claims", "validate",
 ]

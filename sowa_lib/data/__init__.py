@@ -10,23 +10,17 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+
+import pandas
 
 from sowa_lib.data.meta_json import load_meta_json, meta_json_categories
-from sowa_lib.data.sample import CorruptImageError, Sample
+from sowa_lib.data.sample import Sample
+from sowa_lib.errors import CorruptImageError
+from sowa_lib.vocabulary import DEMO_DATASET, PAPER_DATASETS
 
-if TYPE_CHECKING:
-    import pandas
-
-DATASETS: dict[str, str] = {
-    "mvtec": "sowa_lib.data.mvtec",
-    "visa": "sowa_lib.data.visa",
-    "btad": "sowa_lib.data.btad",
-    "dagm": "sowa_lib.data.dagm",
-    "dtd_synthetic": "sowa_lib.data.dtd_synthetic",
-    "mvtec3d": "sowa_lib.data.mvtec3d",
-    "demo": "sowa_lib.data.demo",
-}
+#: Loader name -> its module: one per paper benchmark (:data:`~sowa_lib.vocabulary.PAPER_DATASETS`),
+#: each in the module of its name, and the demo's.
+DATASETS: dict[str, str] = {name: f"sowa_lib.data.{name}" for name in PAPER_DATASETS + (DEMO_DATASET,)}
 
 
 def _module(name: str) -> ModuleType:
@@ -70,7 +64,7 @@ def load(name: str, root: str | Path, category: str | None = None, split: str = 
 def full_category_set(dataset: str) -> tuple[str, ...] | None:
     """Every category of study dataset ``dataset`` (``mvtec`` ... or a demo group ``demo_a``): the
     set the papers' means (and the tables' mean rows) average over; None for an unknown dataset."""
-    groups = _module("demo").GROUPS
+    groups = _module(DEMO_DATASET).GROUPS
     if dataset in groups:
         return tuple(c.name for c in groups[dataset])
     if dataset not in DATASETS:
@@ -81,10 +75,8 @@ def full_category_set(dataset: str) -> tuple[str, ...] | None:
 __all__ = ["DATASETS", "CorruptImageError", "Sample", "categories", "describe", "full_category_set", "load"]
 
 
-def describe(name: str, root: str | Path) -> "pandas.DataFrame":
+def describe(name: str, root: str | Path) -> pandas.DataFrame:
     """Counts per category: train normal, test normal, test anomalous, and the defect types."""
-    import pandas
-
     rows = []
     for category in categories(name, root):
         train, test = load(name, root, category, "train"), load(name, root, category, "test")

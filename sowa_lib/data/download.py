@@ -18,21 +18,9 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from sowa_lib.data.errors import DatasetError
+from sowa_lib.errors import ChecksumError, DownloadError, UnsafeArchiveError
 
 CHUNK_BYTES = 1 << 20
-
-
-class ChecksumError(DatasetError):
-    """A downloaded archive's hash differs from the published one."""
-
-
-class DownloadError(DatasetError):
-    """The download failed (no network, HTTP error); the message says how to place the archive by hand."""
-
-
-class UnsafeArchiveError(DatasetError):
-    """An archive member would land outside the extraction folder, or is a link or device."""
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,18 @@
-"""The errors a benchmark loader raises, each carrying the command that fixes it.
+"""The messages of the errors a benchmark loader raises, each carrying the command that fixes it.
 
 A missing or malformed dataset must never surface as a bare ``FileNotFoundError`` or as an empty
-run: every loader raises one :class:`DatasetError` naming the dataset, the path it looked at, the
-layout it expected (datasets spec §2.2) and ``make data DATASETS=<name> DATA_ROOT=<root>``.
+run: every loader raises one :class:`~sowa_lib.errors.DatasetError` naming the dataset, the path it
+looked at, the layout it expected (datasets spec §2.2) and ``make data DATASETS=<name> DATA_ROOT=<root>``.
+The classes live in :mod:`sowa_lib.errors`, with the library's other errors.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable
 
+from sowa_lib.errors import DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
+
 SPLITS = ("train", "test")
-
-
-class DatasetError(RuntimeError):
-    """Base class of every dataset problem; the message is meant for the user as is."""
-
-
-class DatasetNotFoundError(DatasetError):
-    """The dataset (or a file a split list names) is not where the loader looked."""
-
-
-class DatasetLayoutError(DatasetError):
-    """The dataset is there but does not follow the official layout (unpaired masks, bad CSV, ...)."""
-
-
-class UnknownCategoryError(DatasetError, KeyError):
-    """A category that the dataset does not contain; the message lists the available ones."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def fix_command(dataset: str, root: Path) -> str:

@@ -19,17 +19,14 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sowa_lib.data import DATASETS
+from sowa_lib.data import DATASETS, demo
 from sowa_lib.data.download import (SOURCES, Opener, check_hashes, download, file_hashes, manual_instructions,
                                     safe_extract, single_subfolder)
-from sowa_lib.data.errors import DatasetError, DatasetLayoutError, fix_command
+from sowa_lib.data.errors import fix_command
+from sowa_lib.errors import DatasetError, DatasetLayoutError, ManualDownloadRequired
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 Log = Callable[[str], None]
-
-
-class ManualDownloadRequired(DatasetError):
-    """The benchmark has no direct URL; the message says what to download and where to put it."""
 
 
 def _log(message: str) -> None:
@@ -135,8 +132,6 @@ def prepare_dataset(name: str, data_root: Path, *, downloads: Path | None = None
     data_root = Path(data_root)
     target = data_root / name
     if name == "demo":
-        from sowa_lib.data import demo
-
         demo.generate(target)
         log(f"demo: generated under {target}")
         return target

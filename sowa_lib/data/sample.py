@@ -7,11 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sowa_lib.data.errors import DatasetNotFoundError, fix_command
-
-
-class CorruptImageError(RuntimeError):
-    """An image or mask file exists but cannot be decoded."""
+from sowa_lib.data.errors import fix_command
+from sowa_lib.errors import CorruptImageError, DatasetNotFoundError
 
 
 def _open(path: Path, dataset: str, root: Path) -> Image.Image:
