@@ -65,3 +65,8 @@ class ClaimsError(ValueError):
 class SweepError(RuntimeError):
     """Some jobs of a sweep still failed after their retries (:mod:`sowa_lib.executors`); the others
     completed and are in the store."""
+
+
+class StaleCheckpointError(ValueError):
+    """A checkpoint was written by another configuration, data or code version than the one loading it
+    (:mod:`sowa_lib.training`); the message names the parts that differ."""

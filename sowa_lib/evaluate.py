@@ -31,12 +31,13 @@ from sowa_lib.data import demo
 from sowa_lib.data.references import draw_references
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
+from sowa_lib.errors import StaleCheckpointError
 from sowa_lib.executors import Executor, LocalExecutor, sweep_error
 from sowa_lib.jobs import Job, Plan, checkpoint_path, expand, make_jobs, training_key
 from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext, plain_options
 from sowa_lib.preflight import prepare
 from sowa_lib.profiles import Profile, auxiliary_training_options
-from sowa_lib.training import StaleCheckpointError, claim_snapshot_dir, load_checkpoint, save_checkpoint
+from sowa_lib.training import claim_snapshot_dir, load_checkpoint, save_checkpoint
 from sowa_lib.vocabulary import DEMO_DATASET
 
 

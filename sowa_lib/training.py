@@ -31,12 +31,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from sowa_lib.progress import tqdm
 
 from sowa_lib import fingerprint
 from sowa_lib.data.augment import draw_tiles, group_by_defect, mosaic
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import image_to_tensor, mask_to_tensor
+from sowa_lib.errors import StaleCheckpointError
+from sowa_lib.progress import tqdm
 
 
 
@@ -219,10 +220,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-class StaleCheckpointError(ValueError):
-    """A checkpoint was written by another configuration, data or code version than the one loading it."""
 
 
 def save_checkpoint(path: Path, parts: dict[str, Any], state: dict[str, torch.Tensor]) -> None:

@@ -22,7 +22,8 @@ from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
 from sowa_lib.methods.agpnet import AGPNet, extractor, model as agpnet_model, perturbation, unstated
 from sowa_lib.methods.base import RunContext
-from sowa_lib.training import EpochCheckpoints, StaleCheckpointError, shuffled_batches
+from sowa_lib.errors import StaleCheckpointError
+from sowa_lib.training import EpochCheckpoints, shuffled_batches
 
 QUIET = RunContext(progress=False)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sowa_lib import fingerprint
-from sowa_lib.training import EpochCheckpoints, StaleCheckpointError, claim_snapshot_dir, load_checkpoint, save_checkpoint
+from sowa_lib.errors import StaleCheckpointError
+from sowa_lib.training import EpochCheckpoints, claim_snapshot_dir, load_checkpoint, save_checkpoint
 
 
 def test_digest_is_canonical_and_differing_keys_are_named():

@@ -11,9 +11,9 @@ from sowa_lib import data, methods, tables
 from sowa_lib.data.fabricate import SMOKE_TEST_DEFECT, SMOKE_TEST_GOOD, SMOKE_TRAIN, fabricate_benchmarks
 from sowa_lib.figures import PROFILE_NOTE
 from sowa_lib.jobs import Plan, training_key
-from sowa_lib.profiles import (SMOKE_DIFFERENCES, SMOKE_METHOD_OPTIONS, get_profile, method_profile_options,
-                               paper_profile, smoke_profile)
+from sowa_lib.methods import SMOKE_METHOD_OPTIONS, method_profile_options
 from sowa_lib.preflight import prepare
+from sowa_lib.profiles import SMOKE_DIFFERENCES, get_profile, paper_profile, smoke_profile
 from sowa_lib.runs import RunSpec
 from sowa_lib.vocabulary import PAPER_DATASETS
 
