@@ -190,3 +190,22 @@ def _exception_classes(module: str) -> list[str]:
 def test_exception_classes_live_in_the_errors_module() -> None:
     elsewhere = [f"{module}.{name}" for module in MODULES if module != "sowa_lib.errors" for name in _exception_classes(module)]
     assert not elsewhere, f"define these in sowa_lib/errors.py (the one low module of errors): {elsewhere}"
+
+
+#: The runner: it drives every method through the face and the declarations of
+#: :class:`~sowa_lib.methods.base.AnomalyMethod` (issue 14, "What done looks like" 2).
+RUNNER = ("sowa_lib.jobs", "sowa_lib.executors", "sowa_lib.evaluate", "sowa_lib.speed")
+
+
+def test_the_runner_reads_declarations_not_signatures() -> None:
+    """No ``inspect`` (signatures read), ``hasattr`` or ``getattr`` (attributes probed) in the runner."""
+    probes = []
+    for module in RUNNER:
+        tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and any(t.split(".")[0] == "inspect" for t in _targets(node, module)):
+                probes.append(f"{module}:{node.lineno} imports inspect")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr"):
+                probes.append(f"{module}:{node.lineno} calls {node.func.id}")
+    assert not probes, ("the runner reads a method's declarations (AnomalyMethod class attributes, RunContext), "
+                        "never its signature or attributes:\n" + "\n".join(probes))
