@@ -209,3 +209,10 @@ def test_the_runner_reads_declarations_not_signatures() -> None:
                 probes.append(f"{module}:{node.lineno} calls {node.func.id}")
     assert not probes, ("the runner reads a method's declarations (AnomalyMethod class attributes, RunContext), "
                         "never its signature or attributes:\n" + "\n".join(probes))
+
+
+def test_every_method_module_reads_on_a_few_screens() -> None:
+    """Issue 14's bar: no module in ``sowa_lib/methods`` over 400 lines (one concern per module)."""
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in sorted((PACKAGE / "methods").rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, f"split these modules (lines): {long}"
