@@ -385,7 +385,7 @@ def test_every_ablation_trains_one_epoch(options: dict, dataset) -> None:
 
 
 def test_cnn_backbone_uses_activation_attention_and_projections(dataset) -> None:
-    model = tiny(backbone="tiny_resnet", taps=("layer2", "layer3"), decoder_dim=32, decoder_heads=4, epochs=1, batch_size=2)
+    model = tiny(backbone="tiny-resnet", taps=("layer2", "layer3"), decoder_dim=32, decoder_heads=4, epochs=1, batch_size=2)
     assert model.extractor.width == 128 + 256
     assert isinstance(model.decoder.in_proj, nn.Linear) and model.decoder.in_proj.out_features == 32
     images = load_images(dataset["train"][:2], SIZE, "imagenet")
@@ -405,7 +405,7 @@ def test_clip_backbone_prior_and_normalization(dataset) -> None:
 
 def test_config_records_the_weights_actually_loaded() -> None:
     assert tiny().config()["pretrained"] == "tiny-dino:random"
-    assert tiny(backbone="tiny_resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2).config()["pretrained"].endswith(":random")
+    assert tiny(backbone="tiny-resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2).config()["pretrained"].endswith(":random")
 
 
 def test_invalid_options_are_rejected() -> None:
