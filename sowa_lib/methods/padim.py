@@ -27,8 +27,8 @@ def padim_features(channels: int) -> int:
 class PaDiM(CNNBaseline):
     """PaDiM (Defard et al. 2020; reference code xiahaifeng1995/PaDiM, anomalib).
 
-    Embedding: the ``taps`` layer1–3, layer2/3 upsampled (nearest, as the reference's unfold/fold) to layer1's
-    grid and concatenated; ``n_features`` channels kept, chosen as the reference does with
+    Embedding: the ``taps`` layer1–3, layer2/3 upsampled (nearest, as the reference's unfold/fold)
+    to layer1's grid and concatenated; ``n_features`` channels kept, chosen as the reference does with
     ``random.seed(1024); random.sample(range(C), n_features)``. ``n_features=None`` follows the
     backbone (:func:`padim_features`): the paper's d = 100 of 448 channels (ResNet-18, and the demo's
     tiny ResNet of the same widths) or 550 of 1792 (WRN-50-2), else WRN-50's ratio 550/1792 of the

@@ -13,6 +13,7 @@ from sowa_lib.backbones.cnn import TappedCNN
 from sowa_lib.methods.base import Prediction
 from sowa_lib.methods.cnn_baseline import CNNBaseline, upsampled_concat
 
+
 def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
     """``[out_dim, in_dim]`` matrix of ``F.adaptive_avg_pool1d`` from ``in_dim`` to ``out_dim``: output
     ``i`` averages inputs ``floor(i·in/out)`` to ``ceil((i+1)·in/out) - 1`` (PyTorch's windows)."""
