@@ -12,7 +12,8 @@ seconds and the CPU seconds of the child processes (the kernels and their worker
 the ratios default / off and the size of the disk cache the default run left. Then, from the
 one-line progress summaries in the executed notebooks (``SOWA_PROGRESS=summary``), where the time
 went: seconds of training (``train <method>/<variant>``) and of evaluation
-(``<method>/<variant>/<setting>``, which includes the frozen encodings) per method and mode. The
+(``<method>/<variant>/<setting>``, which includes the frozen encodings and AGPNet's few-shot
+training on the references) per method and mode. The
 demo data is generated before timing.
 """
 from __future__ import annotations
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if "default" in measured:
             files, size = disk_cache(Path(tmp) / "default", args.profile)
             print(f"default run's disk feature cache: {files} entries, {size / 2**20:.1f} MiB")
-    print("\nprogress summaries, wall s (evaluation includes the frozen encodings):")
+    print("\nprogress summaries, wall s (evaluation includes the frozen encodings, and AGPNet's few-shot training "
+          "on each draw of references, which runs inside its evaluation loop):")
     print(f"{'method':<12}" + "".join(f"{m + ' ' + kind:>22}" for m in steps for kind in ("training", "evaluation")))
     for method in sorted({key[0] for per_mode in steps.values() for key in per_mode}):
         print(f"{method:<12}" + "".join(f"{steps[m].get((method, kind), 0.0):22.1f}" for m in steps for kind in ("training", "evaluation")))
