@@ -55,10 +55,11 @@ test-lib: install
 	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests
 
 ## The notebooks write their results and figures to a temporary folder (SOWA_RESULTS_DIR), never
-## into results/ or figures/.
+## into results/ or figures/; like reproduce-all, their kernels share frozen encodings through the
+## disk feature cache in that folder.
 test-notebooks: install
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	SOWA_PROGRESS=summary PYTHONPATH=$(CURDIR) SOWA_RESULTS_DIR=$$tmp/results $(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
+	SOWA_PROGRESS=summary SOWA_FEATURE_CACHE=disk PYTHONPATH=$(CURDIR) SOWA_RESULTS_DIR=$$tmp/results $(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
 
 ## Download/verify/extract benchmarks: make data DATASETS=mvtec,visa DATA_ROOT=/data
 data: install
@@ -91,6 +92,6 @@ check-report: report
 clean-results:
 	rm -rf results/$(PROFILE) figures/$(PROFILE)
 
-## Remove the on-disk frozen-feature cache (SOWA_FEATURE_CACHE=disk) of a profile.
+## Remove the on-disk frozen-feature cache of a profile (reproduce-all's default, SOWA_FEATURE_CACHE=disk).
 clean-features:
 	rm -rf results/$(PROFILE)/features

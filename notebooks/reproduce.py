@@ -5,8 +5,10 @@ folder are overwritten instead (to refresh the demo outputs shown on the reposit
 notebook is executed to ``NAME.running.ipynb`` and renamed into place only when it completed; a
 failed or interrupted one is kept as ``results/<profile>/notebooks/NAME.failed.ipynb``. Ctrl-C or
 SIGTERM stops with one line that says which notebooks finished. Runs already in the results store
-are reused, so a rerun after an interruption only computes what is missing. Prints the measured
-wall time of each notebook and of the whole study.
+are reused, so a rerun after an interruption only computes what is missing. Frozen encodings are
+shared by every notebook through the disk feature cache under ``results/<profile>/features``
+(``SOWA_FEATURE_CACHE=disk`` unless set otherwise; ``make clean-features`` removes it). Prints the
+measured wall time of each notebook and of the whole study.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 from sowa_lib.ablations import ablations  # noqa: E402
 from sowa_lib.errors import ProfileNotReadyError  # noqa: E402
 from sowa_lib.executors import EXECUTORS  # noqa: E402
+from sowa_lib.features import FEATURE_CACHE_ENV  # noqa: E402
 from sowa_lib.fingerprint import REUSE_STALE_ENV  # noqa: E402
 from sowa_lib.methods import available  # noqa: E402
 from sowa_lib.nbclean import normalise_file  # noqa: E402
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reuse_stale:
         os.environ[REUSE_STALE_ENV] = "1"  # the kernels inherit it; run_plan reads it
     os.environ.setdefault("SOWA_PROGRESS", "summary")  # one line per loop in the stored outputs (sowa_lib.progress)
+    # every notebook's kernel (and its workers) shares the frozen encodings through results/<profile>/features
+    os.environ.setdefault(FEATURE_CACHE_ENV, "disk")
     out_dir = profile.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": args.profile, "data_root": args.data_root, "results_dir": args.results_dir,

@@ -157,7 +157,7 @@ def _agpnet(profile: str) -> list[Ablation]:
             for i, f in noise]
     # (backbone, taps, note): taps None = the backbone's own default taps; the tiny CLIP has 4 blocks
     cnn_prior = "prior = activation attention (our choice, flagged)"
-    backbones = {"backbone=wide_resnet50": ("tiny_resnet" if demo else "wide_resnet50_2", None, cnn_prior),
+    backbones = {"backbone=wide_resnet50": ("tiny-resnet" if demo else "wide_resnet50_2", None, cnn_prior),
                  "backbone=clip_vit_b": ("tiny-clip-b16", (0, 1, 2, 3), "") if demo else ("ViT-B-16", None, "")}
     if not demo:
         backbones["backbone=efficientnet_b4"] = ("efficientnet_b4", None, cnn_prior)

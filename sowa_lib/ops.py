@@ -1,5 +1,5 @@
-"""Tensor operations shared by several methods: nearest-neighbour search, memory banks,
-map resizing, Gaussian smoothing and category-level min-max.
+"""Tensor operations shared by several methods: nearest-neighbour search, memory banks, greedy
+coreset subsampling, map resizing, Gaussian smoothing and category-level min-max.
 
 Each lives here once so that WinCLIP+, April-GAN, SOWA, SPADE, PatchCore and AGPNet call the same
 code (DESIGN.md; DEVELOPERS "no copy-paste between methods").
@@ -39,6 +39,44 @@ def knn_distance(
         dists.append(d)
         idxs.append(i)
     return torch.cat(dists), torch.cat(idxs)
+
+
+#: :func:`knn_l2` keeps each ``[chunk, bank]`` distance block at most this many floats (16M: 64 MB).
+DISTANCE_BLOCK_ELEMENTS = 1 << 24
+
+
+def knn_l2(query: torch.Tensor, bank: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean k-NN of ``query`` rows in ``bank`` rows (SPADE, PatchCore), chunked so that each
+    distance block stays under :data:`DISTANCE_BLOCK_ELEMENTS` whatever the bank size."""
+    chunk = max(1, DISTANCE_BLOCK_ELEMENTS // max(1, bank.shape[0]))
+    return knn_distance(query, bank, k=k, metric="l2", chunk=chunk)
+
+
+def greedy_coreset(
+    features: torch.Tensor, size: int, projection_dim: int | None = 128, num_starting_points: int = 10, seed: int = 0
+) -> torch.Tensor:
+    """Indices of a greedy (k-center) coreset of ``size`` rows of ``features`` [M, D] (PatchCore
+    paper Alg. 1; ``ApproximateGreedyCoresetSampler`` of the reference code).
+
+    Rows are first projected to ``projection_dim`` dims by a fixed Gaussian random matrix (``None``:
+    exact distances). The first pick is the row farthest on average from ``num_starting_points``
+    random rows (reference code); then each pick is the row farthest from everything picked so far.
+    """
+    if size >= len(features):
+        return torch.arange(len(features), device=features.device)
+    generator = torch.Generator().manual_seed(seed)
+    points = features.float()
+    if projection_dim is not None and projection_dim < points.shape[1]:
+        projection = torch.randn(points.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
+        points = points @ projection.to(points.device)
+    starts = torch.randperm(len(points), generator=generator)[: min(num_starting_points, len(points))].to(points.device)
+    min_distance = torch.cdist(points, points[starts]).mean(dim=1)
+    picks = []
+    for _ in range(size):
+        pick = int(min_distance.argmax())
+        picks.append(pick)
+        min_distance = torch.minimum(min_distance, torch.cdist(points, points[pick : pick + 1])[:, 0])
+    return torch.tensor(picks, device=features.device)
 
 
 class MemoryBank:

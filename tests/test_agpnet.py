@@ -411,7 +411,7 @@ def test_every_ablation_trains_one_epoch(options: dict, dataset) -> None:
 
 
 def test_cnn_backbone_uses_activation_attention_and_projections(dataset) -> None:
-    model = tiny(backbone="tiny_resnet", taps=("layer2", "layer3"), decoder_dim=32, decoder_heads=4, epochs=1, batch_size=2)
+    model = tiny(backbone="tiny-resnet", taps=("layer2", "layer3"), decoder_dim=32, decoder_heads=4, epochs=1, batch_size=2)
     assert model.extractor.width == 128 + 256
     assert isinstance(model.decoder.in_proj, nn.Linear) and model.decoder.in_proj.out_features == 32
     images = load_images(dataset["train"][:2], SIZE, "imagenet")
@@ -433,9 +433,9 @@ def test_weights_id_and_frozen_forward_of_every_extractor() -> None:
     """What the runner records (``weights_id``) and what speed times (``frozen_forward``) for each backbone family."""
     dino = tiny()
     images = torch.randn(1, 3, SIZE, SIZE)
-    assert dino.weights_id == dino.config()["pretrained"] == "tiny-dino:random"
+    assert dino.weights_id == "tiny-dino:random"
     assert torch.equal(dino.frozen_forward(images), dino.extractor.backbone.model.forward_features(images))
-    cnn = tiny(backbone="tiny_resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2)
+    cnn = tiny(backbone="tiny-resnet", taps=("layer3",), decoder_dim=8, decoder_heads=2)
     assert cnn.weights_id.endswith(":random") and set(cnn.frozen_forward(images)) == {"layer4"}
     clip = tiny(backbone="tiny-clip-b16", decoder_heads=4)
     assert clip.weights_id == "tiny-clip-b16:random" and clip.frozen_forward(images).ndim == 2

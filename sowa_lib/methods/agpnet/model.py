@@ -176,10 +176,6 @@ class AGPNet(AnomalyMethod):
         self.decoder = decoder.to(device)
         self.teacher = copy.deepcopy(self.decoder).requires_grad_(False)
 
-    def config(self) -> dict[str, Any]:
-        """The constructor options, with ``pretrained`` resolved to the weights actually loaded (:attr:`weights_id`)."""
-        return {**super().config(), "pretrained": self.weights_id}
-
     @property
     def weights_id(self) -> str:
         """The frozen extractor's weights (``"<arch>:<tag>"``, ``"<arch>:random"``, ``"<arch>:file:<sha>"``)."""
