@@ -34,7 +34,8 @@ from sowa_lib import speed  # noqa: E402
 from sowa_lib.claims import load_claims  # noqa: E402
 from sowa_lib.evaluate import Plan, speed_run  # noqa: E402
 from sowa_lib.methods import build, configuration, method_class  # noqa: E402
-from sowa_lib.profiles import REPO_ROOT, Profile, get_profile, prepare  # noqa: E402
+from sowa_lib.preflight import prepare  # noqa: E402
+from sowa_lib.profiles import REPO_ROOT, Profile, get_profile  # noqa: E402
 
 NO_GPU_STATUS = 3
 #: The fabricated dataset whose first category's test images are timed.

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sowa_lib.features import FEATURE_CACHE_ENV, FEATURES_DIRNAME  # noqa: E402
-from sowa_lib.profiles import get_profile, prepare  # noqa: E402
+from sowa_lib.preflight import prepare  # noqa: E402
+from sowa_lib.profiles import get_profile  # noqa: E402
 
 NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 #: A progress summary line (:mod:`sowa_lib.progress`): ``[train ]<method>/<variant>[/<setting>]: n/n in T s``.

@@ -38,7 +38,8 @@ from sowa_lib.evaluate import Plan, _SampleCache, predict_with_references, refer
 from sowa_lib.methods import build
 from sowa_lib.methods.base import AnomalyMethod
 from sowa_lib.methods.winclip import WinCLIP
-from sowa_lib.profiles import get_profile, prepare
+from sowa_lib.preflight import prepare
+from sowa_lib.profiles import get_profile
 
 METHODS = ["winclip", "april_gan", "sowa", "spade", "padim", "patchcore", "agpnet"]
 DATASET, CATEGORY = "demo_a", "brick"

@@ -43,6 +43,23 @@ def test_every_method_predicts_in_float64_after_double(name: str) -> None:
     torch.testing.assert_close(double.scores, single.scores, atol=1e-4, rtol=1e-4)
 
 
+#: What every demo method's frozen backbone is: the weights id runs record (random tiny stand-ins).
+DEMO_WEIGHTS = {"winclip": "tiny-clip", "april_gan": "tiny-clip", "sowa": "tiny-clip", "agpnet": "tiny-dino",
+                "spade": "tiny-resnet", "padim": "tiny-resnet", "patchcore": "tiny-resnet"}
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_every_method_declares_its_frozen_backbone(name: str) -> None:
+    """The declarations the runner and the speed protocol read (issue #14): ``weights_id`` names the
+    backbone and its weights, ``frozen_forward`` runs it alone on a batch at the method's resolution."""
+    method = methods.build(name, profile="demo").eval()
+    assert method.weights_id.startswith(DEMO_WEIGHTS[name]) and method.weights_id.endswith(":random")
+    with torch.no_grad():
+        out = method.frozen_forward(images(1, method.image_size, seed=0))
+    tensors = list(out.values()) if isinstance(out, dict) else [out[0]] if isinstance(out, tuple) else [out]
+    assert tensors and all(isinstance(t, torch.Tensor) and len(t) == 1 and torch.isfinite(t).all() for t in tensors)
+
+
 @pytest.mark.parametrize("name", ["winclip", "april_gan", "sowa"])
 def test_clear_references_returns_to_zero_shot(name: str) -> None:
     method = methods.build(name, profile="demo").eval()
