@@ -141,7 +141,7 @@ def main() -> None:
             print(f"    {1 / method_time:.1f} images/s here (paper {paper.fps} FPS on an RTX 4090, batch 32); "
                   f"learnable {params:.2f} M (paper {paper.learnable_params_m} M); {gflops:.2f} GFLOPs = "
                   f"{gflops / 2:.2f} GMACs per image for the whole predict, {decoder_gflops(method):.2f} GFLOPs for "
-                  f"the decoder alone (paper {paper.gflops} G; the gap: sowa_lib/methods/agpnet.py docstring)", flush=True)
+                  f"the decoder alone (paper {paper.gflops} G; the gap: sowa_lib/methods/agpnet/__init__.py docstring)", flush=True)
 
 
 if __name__ == "__main__":
