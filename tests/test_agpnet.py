@@ -15,7 +15,7 @@ from torch import nn
 
 from sowa_lib import metrics, methods
 from sowa_lib.backbones.taps import layer_norm_sum, minmax_per_sample
-from sowa_lib.backbones.weights import WeightsNotFoundError
+from sowa_lib.errors import WeightsNotFoundError
 from sowa_lib.backbones.dino import TINY_DINO, explicit_attention, load_dino
 from sowa_lib.data import demo
 from sowa_lib.data.sample import Sample

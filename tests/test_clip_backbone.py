@@ -10,7 +10,8 @@ from open_clip.model import resize_pos_embed
 from open_clip.transformer import QuickGELU
 
 import sowa_lib.backbones.clip as clip_module
-from sowa_lib.backbones.clip import WeightsNotFoundError, load_clip, resize_position_embedding
+from sowa_lib.backbones.clip import load_clip, resize_position_embedding
+from sowa_lib.errors import WeightsNotFoundError
 from sowa_lib.methods import build
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sowa_lib.backbones.clip import load_clip
-from sowa_lib.backbones.weights import WeightsNotFoundError
+from sowa_lib.errors import WeightsNotFoundError
 from sowa_lib.methods import build
 from sowa_lib.methods import official_weights
 from sowa_lib.methods.official_weights import REGISTRY, load_trained_weights, resolve, save_official

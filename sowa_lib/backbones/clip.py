@@ -43,10 +43,11 @@ from open_clip.factory import load_checkpoint
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import nn
 
-from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
-from sowa_lib.data.download import file_hashes
-from sowa_lib.features import frozen_features
 from sowa_lib.backbones.taps import layer_norm_sum
+from sowa_lib.backbones.weights import downloads_disabled, weights_cache
+from sowa_lib.data.download import file_hashes
+from sowa_lib.errors import WeightsNotFoundError
+from sowa_lib.features import frozen_features
 
 
 @dataclass(frozen=True)

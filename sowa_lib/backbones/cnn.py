@@ -41,8 +41,9 @@ import torchvision
 from torch import nn
 
 from sowa_lib.backbones.taps import minmax_per_sample
-from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
+from sowa_lib.backbones.weights import downloads_disabled, weights_cache
 from sowa_lib.data.transforms import NORMALIZATION
+from sowa_lib.errors import WeightsNotFoundError
 from sowa_lib.features import frozen_features
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")

@@ -36,7 +36,8 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from sowa_lib.backbones.taps import layer_norm_sum
-from sowa_lib.backbones.weights import WeightsNotFoundError, weights_cache
+from sowa_lib.backbones.weights import weights_cache
+from sowa_lib.errors import WeightsNotFoundError
 from sowa_lib.features import frozen_features
 
 #: The AGPNet / ViTAD extractor: DINO ViT-S/16 (agpnet spec §1 [P]), timm's architecture and its DINO tag.

@@ -1,13 +1,11 @@
-"""Where every backbone looks for pretrained weights, and the one error it raises when they are
-missing (:class:`~sowa_lib.errors.WeightsNotFoundError`, defined with the library's other errors)."""
+"""Where every backbone looks for pretrained weights (when they are missing, the backbones raise
+:class:`~sowa_lib.errors.WeightsNotFoundError`)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from sowa_lib.errors import WeightsNotFoundError
-
-__all__ = ["WEIGHTS_DIR_ENV", "WeightsNotFoundError", "downloads_disabled", "weights_cache"]
+__all__ = ["WEIGHTS_DIR_ENV", "downloads_disabled", "weights_cache"]
 
 WEIGHTS_DIR_ENV = "WEIGHTS_DIR"
 

@@ -39,9 +39,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sowa_lib.backbones.weights import WeightsNotFoundError, downloads_disabled, weights_cache
+from sowa_lib.backbones.weights import downloads_disabled, weights_cache
 from sowa_lib.data.download import file_hashes
 from sowa_lib.data.prepare import REPO_DATA
+from sowa_lib.errors import WeightsNotFoundError
 from sowa_lib.methods.sowa_adapter import ContinuousPositionBias, HFWAAdapter
 
 APRIL_GAN_KEY = "trainable_linearlayer"
