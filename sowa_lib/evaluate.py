@@ -313,10 +313,7 @@ def use_references(method: AnomalyMethod, refs: Sequence[Sample], category: str,
         method.clear_references(category)
         return
     images = load_images(refs, method.image_size, method.normalization, method.interpolation).to(device=method.device, dtype=method.dtype)
-    if context is None:
-        method.set_references(images, category)
-    else:
-        method.set_references(images, category, context)
+    method.set_references(images, category, context)
 
 
 def _run_one(method: AnomalyMethod, job: Job, spec: runs.RunSpec, cache: _SampleCache, training_log: dict) -> Path:

@@ -11,6 +11,7 @@ import torch
 
 from sowa_lib import methods
 from sowa_lib.evaluate import Plan, run_plan
+from sowa_lib.methods.base import RunContext
 from sowa_lib.methods.padim import padim_features
 from toy_method import MeanDistance
 
@@ -82,9 +83,9 @@ class ClearRecorder(MeanDistance):
 
     calls: list[tuple[str, int]] = []
 
-    def set_references(self, images: torch.Tensor, category: str) -> None:
+    def set_references(self, images: torch.Tensor, category: str, context: RunContext | None = None) -> None:
         ClearRecorder.calls.append(("set", len(images)))
-        super().set_references(images, category)
+        super().set_references(images, category, context)
 
     def clear_references(self, category: str) -> None:
         ClearRecorder.calls.append(("clear", 0))

@@ -203,9 +203,7 @@ class AprilGAN(AnomalyMethod):
         optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.learning_rate, betas=self.betas)
         checkpoints = EpochCheckpoints(context.checkpoint_dir)
         start_epoch, previous = 0, []
-        if (last := checkpoints.latest()) is not None:
-            self.load_trainable_state_dict(last["state"])
-            optimizer.load_state_dict(last["optimizer"])
+        if (last := checkpoints.restore(self.load_trainable_state_dict, optimizer)) is not None:
             start_epoch, previous = last["epoch"] + 1, last["losses"]
         self.heads.train()
         losses = train_segmentation(

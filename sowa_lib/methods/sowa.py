@@ -73,6 +73,7 @@ from sowa_lib.training import (
     TrainingBatch,
     TrainingSchedule,
     TrainLossMonitor,
+    batch_count,
     epoch_mean_losses,
     train_segmentation,
 )
@@ -356,7 +357,7 @@ class SOWA(AnomalyMethod):
         checkpoints = EpochCheckpoints(context.checkpoint_dir)
         best = self.keep_checkpoint == "best_train_loss"
         monitor = TrainLossMonitor(optimizer, self.lr_schedule == "plateau", stop_patience=self.early_stopping_patience if best else None)
-        steps_per_epoch = -(-len(samples) // self.batch_size)
+        steps_per_epoch = batch_count(len(samples), self.batch_size)
         start_epoch, losses, stopped = 0, [], False
         if (resume := checkpoints.latest()) is not None:
             for epoch, mean in enumerate(epoch_mean_losses(resume["losses"], steps_per_epoch)):  # replayed before the saved lr is restored
