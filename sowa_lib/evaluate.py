@@ -33,7 +33,7 @@ from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images, load_masks
 from sowa_lib.errors import StaleCheckpointError
 from sowa_lib.executors import Executor, LocalExecutor, sweep_error
-from sowa_lib.jobs import Job, Plan, checkpoint_path, expand, make_jobs, training_key
+from sowa_lib.jobs import Job, Plan, checkpoint_path, expand, make_jobs, training_key, training_plan
 from sowa_lib.methods.base import AnomalyMethod, Prediction, RunContext, plain_options
 from sowa_lib.preflight import prepare
 from sowa_lib.profiles import Profile, auxiliary_training_options
@@ -194,23 +194,25 @@ def run_parts(plan: Plan, profile: Profile, spec: runs.RunSpec, aupro_variant: s
         "config": planned_config(plan, profile, training),
         "data": {"dataset": spec.dataset, "category": spec.category, "files": cache.identity(spec.dataset, spec.category, "test")},
         "references": [r.relpath for r in run_references(plan, profile, spec, cache)],
-        "training": training_parts(plan, profile, training, cache) if training is not None else None,
+        "training": training_parts(training_plan(plan), profile, training, cache) if training is not None else None,
         "metrics": {"aupro_variant": aupro_variant, "version": fingerprint.METRICS_VERSION},
         "code": fingerprint.code_version(),
     }
 
 
 def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[AnomalyMethod, dict[str, Any]]:
-    """Build the job's method and train it, or load the checkpoint an earlier job wrote."""
+    """Build the job's method and train it, or load the checkpoint an earlier job wrote: its own
+    plan's, or the default's when the plan changes inference options only (:func:`training_plan`)."""
     overrides = method_options(job.plan, job.profile, job.training)
     method = methods.build(job.plan.method, profile=job.profile.name, **overrides).to(job.profile.device)
     log: dict[str, Any] = {}
     if job.training is not None:
         train_set, category, seed = job.training
         name = train_set if category is None else f"{train_set}-{category}"
-        parts = training_parts(job.plan, job.profile, job.training, cache)
+        shared = training_plan(job.plan)
+        parts = training_parts(shared, job.profile, job.training, cache)
         log = train_or_load(method.train(), cache.samples(train_set, category, _training_split(job.plan)),
-                            checkpoint_path(job.profile, job.plan, name, seed), parts,
+                            checkpoint_path(job.profile, shared, name, seed), parts,
                             seed if method.training_data == "target" else None, progress)
     return method.eval(), log
 

@@ -4,7 +4,8 @@
 A few-shot sweep evaluates every category for K ∈ {1, 2, 4} × seeds, and every run encodes the
 same test images with a *frozen* backbone whose output depends on neither K nor seed. The backbones
 route their frozen encodings (``ClipBackbone.encode_image``, ``DinoBackbone.forward``,
-``TappedCNN.forward``, WinCLIP's window embeddings) through :func:`frozen_features`; while the
+``TappedCNN.forward``, WinCLIP's window embeddings) through :func:`frozen_features`, and the
+CLIP methods' prompt ensembles through :func:`frozen_prompts`; while the
 runner holds a :class:`FeatureCache` active (:func:`active`), an encoding already computed is served
 from memory (or from disk), else computed and stored. Anything trained (heads, adapters, prompts,
 decoders) runs after these calls and is always recomputed. Outside an :func:`active` context, and
@@ -220,6 +221,32 @@ def frozen_features(
         cache.put(_part_key(entry, part), value)
     cache.record(f"{fingerprint(owner)}/{operation}", image_hashes)
     return {part: computed[part] for part in parts}
+
+
+def frozen_prompts(owner: nn.Module, token_ids: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``compute(token_ids)``: the features ``[N, D]`` of a prompt list ``[N, L]`` through the frozen
+    text tower of ``owner`` (a CLIP model), served from the active cache when it holds them.
+
+    A method's prompt ensemble for a class name (April-GAN: 420 sentences, WinCLIP: 231) is one
+    entry, keyed like an image batch (weights, code, environment, the token ids' content): the list
+    is encoded as one batch in both modes, so a served entry is bit-identical to a computed one.
+    Prompts are not images: :data:`STATS` and :meth:`FeatureCache.distinct_images` leave them out,
+    and references' ``per_image`` encoding does not split them. On a GPU the text tower is a
+    fraction of a second per list; on a CPU, with ViT-L's tower, it is a minute and a half, once
+    per plan and category without the cache.
+    """
+    context = _CONTEXT
+    if context is None or torch.is_grad_enabled():
+        return compute(token_ids)
+    if context.cache is None or _has_hooks(owner):
+        return compute(token_ids).contiguous()
+    key = _part_key(_entry_key(owner, "prompts", compute, token_ids, [_tensor_hash(token_ids)]), "features")
+    found = context.cache.get(key, token_ids.device)
+    if found is not None:
+        return found
+    value = compute(token_ids).contiguous()
+    context.cache.put(key, value)
+    return value
 
 
 def _contiguous(parts: Parts) -> Parts:

@@ -5,7 +5,7 @@ the :class:`Job` units that an executor (:mod:`sowa_lib.executors`) dispatches a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,19 @@ def expand(plan: Plan, profile: Profile, categories: dict[str, list[str]]) -> li
     return specs
 
 
+def training_plan(plan: Plan) -> Plan:
+    """The plan whose training ``plan``'s runs use: the method's default when every override is one
+    of its ``inference_options`` (an ablation of smoothing, image score or references trains
+    nothing new), else ``plan`` itself."""
+    if set(plan.overrides) <= methods.method_class(plan.method).inference_options:
+        return replace(plan, variant="default", overrides={})
+    return plan
+
+
 def checkpoint_path(profile: Profile, plan: Plan, training_set: str, seed: int) -> Path:
     """Trained weights of one (method, variant, training set, seed); shared by the zero- and
-    few-shot runs of methods trained on an auxiliary dataset."""
+    few-shot runs of methods trained on an auxiliary dataset. Give it :func:`training_plan`'s plan
+    for a training, so that variants that differ in inference options only share one."""
     return profile.run_dir / "checkpoints" / plan.method / plan.variant / f"{training_set}_seed{seed}.pt"
 
 

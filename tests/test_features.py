@@ -120,6 +120,25 @@ def test_key_follows_weights_inputs_and_hooks():
     assert torch.equal(after[1][0], clip.encode_image(images, [3])[1][0])
 
 
+def test_prompt_lists_are_encoded_once_bit_identically_and_never_with_gradients(monkeypatch):
+    prompts = ["a photo of a flawless bottle.", "a photo of a damaged bottle.", "a bottle with a crack."]
+    calls = []
+    compute = CLIP._text_features
+    monkeypatch.setattr(CLIP, "_text_features", lambda ids: calls.append(len(ids)) or compute(ids))
+    with torch.no_grad():
+        uncached = CLIP.encode_text(prompts)
+        cache = features.FeatureCache()
+        with features.active(cache, per_image=True) as stats:  # a prompt list is one batch, also here
+            first, second = CLIP.encode_text(prompts), CLIP.encode_text(prompts, normalize=True)
+            other = CLIP.encode_text(prompts[:2])
+    assert calls == [3, 3, 2] and stats.total_encoded() == 0 and cache.distinct_images() == 0
+    assert torch.equal(first, uncached) and torch.equal(second, torch.nn.functional.normalize(uncached, dim=-1))
+    assert other.shape == (2, uncached.shape[1])  # another list: its own entry, computed
+    with features.active(cache):
+        CLIP.encode_text(prompts)  # autograd on (as in a training step): computed, never served
+    assert calls == [3, 3, 2, 3]
+
+
 @torch.no_grad()
 def test_a_new_scope_drops_the_memory():
     cache, images = features.FeatureCache(), _images(2, 112)

@@ -2,18 +2,19 @@
 in the six official layouts that every loader reads."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from sowa_lib import data, methods, tables
+from sowa_lib import data, methods, smoke, tables
 from sowa_lib.data.fabricate import SMOKE_TEST_DEFECT, SMOKE_TEST_GOOD, SMOKE_TRAIN, fabricate_benchmarks
 from sowa_lib.figures import PROFILE_NOTE
 from sowa_lib.jobs import Plan, training_key
 from sowa_lib.methods import SMOKE_METHOD_OPTIONS, method_profile_options
 from sowa_lib.preflight import prepare
-from sowa_lib.profiles import SMOKE_DIFFERENCES, get_profile, paper_profile, smoke_profile
+from sowa_lib.profiles import REPO_ROOT, SMOKE_DIFFERENCES, get_profile, paper_profile, smoke_profile
 from sowa_lib.runs import RunSpec
 from sowa_lib.vocabulary import PAPER_DATASETS
 
@@ -79,3 +80,13 @@ def test_a_plan_given_trained_weights_trains_nothing(tmp_path):
     given = Plan("april_gan", "zero_shot", ("mvtec",), variant="official_weights", overrides={"checkpoint": "april_gan/visa"})
     assert training_key(given, "auxiliary", profile, spec) is None
     assert training_key(Plan("april_gan", "zero_shot", ("mvtec",)), "auxiliary", profile, spec) == ("visa", None, 0)
+
+
+def test_the_ci_runs_smoke_steps_that_exist_and_unknown_ones_are_refused():
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    chosen = re.search(r'smoke-ci SMOKE_ONLY="([^"]+)"', ci).group(1).split()
+    names = [step.name for step in smoke.STEPS]
+    assert set(chosen) <= set(names) and len(names) == len(set(names))
+    assert "april_gan:official_weights" in chosen and "april_gan" not in chosen
+    with pytest.raises(SystemExit):
+        smoke.main(["--only", "april-gan"])

@@ -86,6 +86,7 @@ class TrainedMeanDistance(MeanDistance):
     seed the runner gave (``RunContext.seed``)."""
 
     training_data = "target"
+    inference_options = frozenset({"expect_environment"})
 
     def __init__(self, fail_training_on: str = "", **kwargs) -> None:
         super().__init__(**kwargs)

@@ -47,7 +47,7 @@ from sowa_lib.backbones.taps import layer_norm_sum
 from sowa_lib.backbones.weights import downloads_disabled, weights_cache
 from sowa_lib.data.download import file_hashes
 from sowa_lib.errors import WeightsNotFoundError
-from sowa_lib.features import frozen_features
+from sowa_lib.features import frozen_features, frozen_prompts
 
 
 @dataclass(frozen=True)
@@ -331,9 +331,13 @@ class ClipBackbone(nn.Module):
         return token_ids.argmax(dim=-1)
 
     def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
-        """``[N, embed_dim]`` text features of ``texts`` (EOT token -> ln_final -> text_projection)."""
-        token_ids = self.tokenize(texts)
-        return self.encode_prompt_embeddings(self.token_embedding(token_ids), self.eot_positions(token_ids), normalize)
+        """``[N, embed_dim]`` text features of ``texts`` (EOT token -> ln_final -> text_projection);
+        served by the frozen-feature cache when the runner holds one active (:func:`frozen_prompts`)."""
+        features = frozen_prompts(self.model, self.tokenize(texts), self._text_features)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _text_features(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.encode_prompt_embeddings(self.token_embedding(token_ids), self.eot_positions(token_ids))
 
     def encode_prompt_embeddings(
         self, embeddings: torch.Tensor, eot_positions: torch.Tensor, normalize: bool = False

@@ -76,6 +76,7 @@ class AprilGAN(AnomalyMethod):
     normalization = "clip"
     training_data = "auxiliary"
     cached = ("_text_features", "memory")
+    inference_options = frozenset({"image_score", "reference_replacement"})
     profiles = {
         "demo": {
             **DEMO_TAPPED_CLIP,

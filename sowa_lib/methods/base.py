@@ -113,6 +113,10 @@ class AnomalyMethod(nn.Module):
         :class:`RunContext` with a checkpoint folder per (dataset, category, K, seed).
     configured_by_setting: the constructor takes the study ``setting`` (AGPNet: ``multi_class`` /
         ``one_class`` / ``few_shot``); the runner passes the plan's.
+    inference_options: constructor options that :meth:`fit` never reads (map smoothing, image
+        score, reference memory and draws): a variant that changes only these shares the default's
+        training (:func:`sowa_lib.jobs.training_plan`). ``tests/test_shared_training.py`` trains
+        with each one changed and checks that the trained weights are bit-identical.
 
     The runner reads these declarations, and :meth:`draws_references_with_replacement`,
     :meth:`frozen_forward` and :attr:`weights_id`, never a method's signature.
@@ -126,6 +130,7 @@ class AnomalyMethod(nn.Module):
     cached: ClassVar[tuple[str, ...]] = ()
     trains_on_references: ClassVar[bool] = False
     configured_by_setting: ClassVar[bool] = False
+    inference_options: ClassVar[frozenset[str]] = frozenset()
 
     image_size: int
 
@@ -207,6 +212,10 @@ class AnomalyMethod(nn.Module):
         """:meth:`config` as JSON and weights-only checkpoints can hold it: objects passed as options
         (a built backbone, a model in memory) by their ``repr``."""
         return plain_options(self.config())
+
+    def training_config(self) -> dict[str, Any]:
+        """:meth:`plain_config` less the :attr:`inference_options`: what a training's snapshots must match."""
+        return {k: v for k, v in self.plain_config().items() if k not in self.inference_options}
 
     @property
     def device(self) -> torch.device:

@@ -146,6 +146,7 @@ class SOWA(AnomalyMethod):
     normalization = "clip"
     training_data = "auxiliary"
     cached = ("memory",)
+    inference_options = frozenset({"smoothing_sigma", "memory_features", "image_score"})
     profiles = {
         "demo": {
             **DEMO_TAPPED_CLIP,

@@ -54,6 +54,7 @@ class AGPNet(AnomalyMethod):
     training_data: ClassVar[str] = "target"
     trains_on_references: ClassVar[bool] = True
     configured_by_setting: ClassVar[bool] = True
+    inference_options: ClassVar[frozenset[str]] = frozenset({"distance", "smoothing_sigma", "score_pool"})
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         # Tiny ViT of the DINO family at 128 px (8×8 tokens); σ and the pooling window scaled with the
         # image. The curriculum keeps its shape (schedules are fractions of the epochs). EMA: the
@@ -309,7 +310,7 @@ class AGPNet(AnomalyMethod):
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.learning_rate)
         generator = torch.Generator(device=device).manual_seed(seed)
         checkpoints = EpochCheckpoints(context.checkpoint_dir, keep_last=True,
-                                       identity={"config": self.plain_config(), "images": len(images), "epochs": epochs, "seed": seed})
+                                       identity={"config": self.training_config(), "images": len(images), "epochs": epochs, "seed": seed})
         previous: list[float] = []
         if (snapshot := checkpoints.restore(self.load_trainable_state_dict, optimizer)) is not None:
             generator.set_state(snapshot["generator"])
