@@ -25,3 +25,13 @@ def demo_study(demo_data, tmp_path):
     from sowa_lib.profiles import get_profile
 
     return get_profile("demo", data_root=demo_data, results_dir=tmp_path / "results")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread per process is far faster than two
+    that contend (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

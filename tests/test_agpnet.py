@@ -26,6 +26,7 @@ from sowa_lib.errors import StaleCheckpointError
 from sowa_lib.training import EpochCheckpoints, shuffled_batches
 
 QUIET = RunContext(progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 64  # tiny-dino at 64 px: a 4×4 token grid
 
@@ -34,15 +35,6 @@ def tiny(**overrides) -> AGPNet:
     options = dict(backbone=TINY_DINO, image_size=SIZE, taps=(0, 1, 2, 3), epochs=4, batch_size=4, learning_rate=1e-3,
                    ema_every=1, ema_momentum=0.9, smoothing_sigma=1.0, score_pool=4, few_shot_folds=4)
     return methods.build("agpnet", **{**options, **overrides})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two that contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------------------- generated data
@@ -366,12 +358,13 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(dataset, tmp_path:
     context = RunContext(checkpoint_dir=tmp_path, progress=False)
     tiny(epochs=2).fit(train, context)
     saved = EpochCheckpoints(tmp_path).latest()
-    assert saved["identity"]["config"] == tiny(epochs=2).plain_config() and saved["epoch"] == 1
+    assert saved["identity"]["config"] == tiny(epochs=2).training_config() and saved["epoch"] == 1
+    assert "smoothing_sigma" in tiny().plain_config() and "smoothing_sigma" not in saved["identity"]["config"]
     with pytest.raises(StaleCheckpointError, match=r"another training \(differs: config\.noise_gamma\).*delete"):
         tiny(epochs=2, noise_gamma=2.0).fit(train, context)
     with pytest.raises(StaleCheckpointError, match=r"differs: images"):
         tiny(epochs=2).fit(dataset["train"][:5], context)
-    log = tiny(epochs=2).fit(train, context)  # the same options resume (nothing left)
+    log = tiny(epochs=2, smoothing_sigma=3.0).fit(train, context)  # the same training options resume (nothing left)
     assert log["loss"] == saved["losses"] and log["steps"] == 2  # one step per epoch: the epoch means are the steps'
 
 

@@ -20,14 +20,7 @@ OTHER_VALUE = {"smoothing_sigma": 0.0, "memory_features": "adapted", "image_scor
 #: Short trainings of the demo-size methods, mosaics included (AGPNet: the demo's 128-px tiny DINO, two batches).
 SHORT = {"sowa": {"epochs": 1, "mosaic_rate": 0.2}, "april_gan": {"epochs": 1, "mosaic_rate": 0.2}, "agpnet": {"epochs": 1, "batch_size": 2}}
 QUIET = RunContext(progress=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -222,16 +222,8 @@ def test_hfwa_global_window_has_no_shift_and_post_norm_residual() -> None:
 
 # ---------------------------------------------------------------- the SOWA method on a tiny CLIP
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 112  # the demo profile's size: 8x8 patch grid of the 14-px tiny CLIP
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The shared 2-core box is far faster with one intra-op thread per process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
