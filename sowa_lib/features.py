@@ -231,9 +231,9 @@ def frozen_prompts(owner: nn.Module, token_ids: torch.Tensor, compute: Callable[
     entry, keyed like an image batch (weights, code, environment, the token ids' content): the list
     is encoded as one batch in both modes, so a served entry is bit-identical to a computed one.
     Prompts are not images: :data:`STATS` and :meth:`FeatureCache.distinct_images` leave them out,
-    and references' ``per_image`` encoding does not split them. On a GPU the text tower is a
-    fraction of a second per list; on a CPU, with ViT-L's tower, it is a minute and a half, once
-    per plan and category without the cache.
+    and references' ``per_image`` encoding does not split them. Without the cache, April-GAN's list
+    went through ViT-L's text tower once per plan and category: 94 s on one core of a 2-core CPU
+    (measured), about 5.5 TFLOP (so well under a second on a GPU, estimated).
     """
     context = _CONTEXT
     if context is None or torch.is_grad_enabled():
