@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sowa_lib import data, methods, smoke, tables
-from sowa_lib.data.fabricate import SMOKE_TEST_DEFECT, SMOKE_TEST_GOOD, SMOKE_TRAIN, fabricate_benchmarks
+from sowa_lib.data.fabricate import SMOKE_TEST_DEFECT, SMOKE_TEST_GOOD, SMOKE_TRAIN, SMOKE_TRAIN_SHADES, fabricate_benchmarks
 from sowa_lib.figures import PROFILE_NOTE
 from sowa_lib.jobs import Plan, training_key
 from sowa_lib.methods import SMOKE_METHOD_OPTIONS, method_profile_options
@@ -44,6 +44,8 @@ def test_every_loader_reads_the_fabricated_benchmarks(tmp_path):
         for category in categories:
             train, test = data.load(name, root, category, "train"), data.load(name, root, category, "test")
             assert sum(s.label == 0 for s in train) == SMOKE_TRAIN, (name, category)
+            contents = {s.read_image().tobytes() for s in train if s.label == 0}
+            assert len(contents) == SMOKE_TRAIN_SHADES, (name, category)  # few contents, so the cache serves most references
             labels = [s.label for s in test]
             assert labels.count(1) == SMOKE_TEST_DEFECT and labels.count(0) >= SMOKE_TEST_GOOD, (name, category)
             for sample in test:
