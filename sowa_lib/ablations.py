@@ -101,6 +101,13 @@ def _april_gan(profile: str) -> list[Ablation]:
     ]
 
 
+def official_checkpoint(profile: str, method: str, target: str) -> str:
+    """The ``checkpoint`` option of the authors' weights for ``target`` (paper, smoke): the file
+    trained on its auxiliary dataset, or in the smoke its stand-in (``official_weights.SMOKE_PREFIX``)."""
+    prefix = SMOKE_PREFIX if profile == "smoke" else ""
+    return prefix + official_name(method, PAPER_AUXILIARY[target])
+
+
 def _official_weights(profile: str) -> list[Ablation]:
     """The authors' released weights evaluated beside our training (issue 17): on each target, the
     checkpoint trained on its auxiliary dataset, as the official scripts pair them. The smoke
@@ -108,8 +115,7 @@ def _official_weights(profile: str) -> list[Ablation]:
     demo has none. AGPNet released no weights."""
     if profile == "demo":
         return []
-    prefix = SMOKE_PREFIX if profile == "smoke" else ""
-    return [Ablation(method, "official_weights", {"checkpoint": prefix + official_name(method, PAPER_AUXILIARY[target])}, "zero_shot",
+    return [Ablation(method, "official_weights", {"checkpoint": official_checkpoint(profile, method, target)}, "zero_shot",
                      "switch", dataset_role=target, note=f"the authors' released weights (trained on {PAPER_AUXILIARY[target]}) instead of ours")
             for method in ("april_gan", "sowa") for target in ("mvtec", "visa")]
 

@@ -210,7 +210,7 @@ def frozen_features(
         STATS.encoded[label] += len(images)
         return _contiguous(compute(images, parts))
     image_hashes = [_tensor_hash(image) for image in images]
-    entry = _entry_key(owner, operation, compute, images, image_hashes)
+    entry = _entry_key(fingerprint(owner), operation, compute, images, image_hashes)
     found = {part: cache.get(_part_key(entry, part), images.device) for part in parts}
     if all(value is not None for value in found.values()):
         STATS.served[label] += len(images)
@@ -223,9 +223,12 @@ def frozen_features(
     return {part: computed[part] for part in parts}
 
 
-def frozen_prompts(owner: nn.Module, token_ids: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def frozen_prompts(owner: nn.Module, tower: tuple[str, ...], token_ids: torch.Tensor,
+                   compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``compute(token_ids)``: the features ``[N, D]`` of a prompt list ``[N, L]`` through the frozen
-    text tower of ``owner`` (a CLIP model), served from the active cache when it holds them.
+    text tower of ``owner`` (a CLIP model; ``tower``: the attributes of ``owner`` that make up its
+    text path, the only ones fingerprinted: :func:`fingerprint`), served from the active cache when
+    it holds them.
 
     A method's prompt ensemble for a class name (April-GAN: 420 sentences, WinCLIP: 231) is one
     entry, keyed like an image batch (weights, code, environment, the token ids' content): the list
@@ -240,7 +243,8 @@ def frozen_prompts(owner: nn.Module, token_ids: torch.Tensor, compute: Callable[
         return compute(token_ids)
     if context.cache is None or _has_hooks(owner):
         return compute(token_ids).contiguous()
-    key = _part_key(_entry_key(owner, "prompts", compute, token_ids, [_tensor_hash(token_ids)]), "features")
+    entry = _entry_key(fingerprint(owner, tower), "prompts", compute, token_ids, [_tensor_hash(token_ids)])
+    key = _part_key(entry, "features")
     found = context.cache.get(key, token_ids.device)
     if found is not None:
         return found
@@ -274,23 +278,25 @@ def _tensor_hash(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...] | None, tuple[tuple, str]]]" = weakref.WeakKeyDictionary()
 
 
-def fingerprint(module: nn.Module) -> str:
+def fingerprint(module: nn.Module, names: tuple[str, ...] | None = None) -> str:
     """Content hash of a frozen module: every parameter and buffer (name, dtype, shape, bytes), its
-    ``repr`` (architecture, activation) and its training flag. Recomputed only after a tensor of it
-    is replaced or modified in place."""
-    tensors = list(module.state_dict(keep_vars=True).items())
+    ``repr`` (architecture, activation) and its training flag; with ``names``, of those attributes
+    of it only (submodules and tensors: a CLIP's text tower without its vision tower). Recomputed
+    only after a tensor of it is replaced or modified in place."""
+    tensors = [(name, t) for name, t in module.state_dict(keep_vars=True).items() if names is None or name.split(".")[0] in names]
     version = (module.training, tuple((name, t.data_ptr(), t._version, t.device.type) for name, t in tensors))
-    memo = _FINGERPRINTS.get(module)
-    if memo is not None and memo[0] == version:
-        return memo[1]
-    digest = hashlib.blake2b(f"{type(module).__qualname__}\n{module!r}\n{module.training}".encode(), digest_size=20)
+    memo = _FINGERPRINTS.setdefault(module, {})
+    if names in memo and memo[names][0] == version:
+        return memo[names][1]
+    architecture = repr(module) if names is None else repr([(n, getattr(module, n)) for n in names if isinstance(getattr(module, n), nn.Module)])
+    digest = hashlib.blake2b(f"{type(module).__qualname__}\n{architecture}\n{module.training}".encode(), digest_size=20)
     for name, tensor in tensors:
         digest.update(f"{name}:{_tensor_hash(tensor)}".encode())
     value = digest.hexdigest()
-    _FINGERPRINTS[module] = (version, value)
+    memo[names] = (version, value)
     return value
 
 
@@ -310,9 +316,11 @@ def _library_versions() -> tuple[str, ...]:
     return tuple(f"{name}=={metadata.version(name)}" for name in ("open_clip_torch", "timm", "torchvision"))
 
 
-def _entry_key(owner: nn.Module, operation: Hashable, compute: Compute, images: torch.Tensor, image_hashes: list[str]) -> str:
+def _entry_key(weights: str, operation: Hashable, compute: Compute, images: torch.Tensor, image_hashes: list[str]) -> str:
+    """The key of one entry: the frozen weights' :func:`fingerprint`, the operation, the code and
+    environment that compute it and the inputs' content."""
     code = _source_hash(getattr(compute, "__func__", compute).__code__.co_filename)
-    return _digest(fingerprint(owner), operation, code, environment_key(images.device), tuple(image_hashes))
+    return _digest(weights, operation, code, environment_key(images.device), tuple(image_hashes))
 
 
 @lru_cache(maxsize=None)

@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 
 from sowa_lib import runs, tables
+from sowa_lib.ablations import official_checkpoint
 from sowa_lib.evaluate import Plan, run_plan
-from sowa_lib.methods.official_weights import SMOKE_PREFIX, official_name
 from sowa_lib.preflight import prepare
-from sowa_lib.profiles import PAPER_AUXILIARY, get_profile, profile_note
+from sowa_lib.profiles import get_profile, profile_note
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ STEPS: tuple[Step, ...] = (
     _plans("winclip", "btad", "01", ZERO_AND_ONE_SHOT),
     _plans("april_gan", "visa", "candle", ZERO_AND_ONE_SHOT),
     _plans("april_gan", "visa", "candle", ZERO_AND_ONE_SHOT, "official_weights",
-           {"checkpoint": SMOKE_PREFIX + official_name("april_gan", PAPER_AUXILIARY["visa"])}),
+           {"checkpoint": official_checkpoint("smoke", "april_gan", "visa")}),
     _plans("sowa", "mvtec", "bottle", ZERO_AND_ONE_SHOT),
     _plans("agpnet", "mvtec3d", "bagel", (("multi_class", 0),)),
     _plans("patchcore", "dagm", "Class1", (("few_shot", 1),)),

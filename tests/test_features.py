@@ -140,6 +140,23 @@ def test_prompt_lists_are_encoded_once_bit_identically_and_never_with_gradients(
 
 
 @torch.no_grad()
+def test_prompt_key_follows_the_text_tower_only():
+    clip = load_clip("tiny-clip", None, image_size=112, quick_gelu=False)
+    prompts, cache, calls = ["a photo of a bottle."], features.FeatureCache(), []
+    compute = clip._text_features
+    clip._text_features = lambda ids: calls.append(len(ids)) or compute(ids)
+    with features.active(cache):
+        first = clip.encode_text(prompts)
+        clip.blocks[0].mlp.c_fc.bias.add_(0.5)  # the vision tower changed: the text features did not
+        assert torch.equal(clip.encode_text(prompts), first) and calls == [1]
+        clip.model.transformer.resblocks[0].mlp.c_fc.bias.add_(0.5)  # the text tower changed
+        assert not torch.equal(clip.encode_text(prompts), first) and calls == [1, 1]
+        clip.model.text_projection.mul_(2.0)
+        clip.encode_text(prompts)
+        assert calls == [1, 1, 1]
+
+
+@torch.no_grad()
 def test_a_new_scope_drops_the_memory():
     cache, images = features.FeatureCache(), _images(2, 112)
     with features.active(cache):

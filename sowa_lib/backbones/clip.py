@@ -81,6 +81,9 @@ PRETRAINED: dict[tuple[str, str], PretrainedWeights] = {
 
 #: The frozen-feature cache's name of the CLS embedding beside the (integer) block taps.
 CLS_PART = "cls"
+#: The attributes of an open_clip ``CLIP`` that its text features depend on (:meth:`ClipBackbone.encode_text`):
+#: the prompt cache fingerprints these, not the vision tower, which ``encode_image`` already keys on.
+TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
 
 #: Where open_clip caches URL downloads when no ``cache_dir`` is given (open_clip.pretrained).
 OPEN_CLIP_URL_CACHE = Path("~/.cache/clip").expanduser()
@@ -333,7 +336,7 @@ class ClipBackbone(nn.Module):
     def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
         """``[N, embed_dim]`` text features of ``texts`` (EOT token -> ln_final -> text_projection);
         served by the frozen-feature cache when the runner holds one active (:func:`frozen_prompts`)."""
-        features = frozen_prompts(self.model, self.tokenize(texts), self._text_features)
+        features = frozen_prompts(self.model, TEXT_TOWER, self.tokenize(texts), self._text_features)
         return F.normalize(features, dim=-1) if normalize else features
 
     def _text_features(self, token_ids: torch.Tensor) -> torch.Tensor:
