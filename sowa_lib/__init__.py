@@ -4,4 +4,4 @@
 every run's and checkpoint's reuse key (:mod:`sowa_lib.fingerprint`): bump it with every release and
 whenever a change alters what the library computes, so that stored runs made before are recomputed.
 """
-__version__ = "0.3.0"
+__version__ = "0.3.1"

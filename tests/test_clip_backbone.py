@@ -52,13 +52,13 @@ def test_bad_taps_and_sizes_are_refused(clip):
 
 
 def test_text_paths_agree_with_open_clip(clip):
-    texts = ["a photo of a metal_nut.", "damaged bottle"]
+    texts = ["a photo of a metal_nut.", "damaged bottle", "a close-up photo of a bottle with a long scratch on its neck."]
     ids = clip.tokenize(texts)
-    expected = clip.model.encode_text(ids)
+    expected = clip.model.encode_text(ids)  # all 77 positions; encode_text cuts the padding after the longest
     assert torch.allclose(clip.encode_text(texts), expected, atol=1e-5)
     direct = clip.encode_prompt_embeddings(clip.token_embedding(ids), clip.eot_positions(ids))
     assert torch.allclose(direct, expected, atol=1e-5)
-    assert torch.allclose(clip.encode_text(texts, normalize=True).norm(dim=-1), torch.ones(2), atol=1e-6)
+    assert torch.allclose(clip.encode_text(texts, normalize=True).norm(dim=-1), torch.ones(3), atol=1e-6)
 
 
 def test_prompt_embeddings_carry_gradients_to_learnable_context(clip):
