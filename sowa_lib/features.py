@@ -235,8 +235,7 @@ def frozen_prompts(owner: nn.Module, tower: tuple[str, ...], token_ids: torch.Te
     is encoded as one batch in both modes, so a served entry is bit-identical to a computed one.
     Prompts are not images: :data:`STATS` and :meth:`FeatureCache.distinct_images` leave them out,
     and references' ``per_image`` encoding does not split them. Without the cache, April-GAN's list
-    went through ViT-L's text tower once per plan and category: 94 s on one core of a 2-core CPU
-    (measured), about 5.5 TFLOP (so well under a second on a GPU, estimated).
+    goes through ViT-L's text tower once per plan and category: 17 s on two CPU cores (measured).
     """
     context = _CONTEXT
     if context is None or torch.is_grad_enabled():
