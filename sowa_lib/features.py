@@ -285,8 +285,8 @@ def fingerprint(module: nn.Module, names: tuple[str, ...] | None = None) -> str:
     ``repr`` (architecture, activation) and its training flag; with ``names``, of those attributes
     of it only (submodules and tensors: a CLIP's text tower without its vision tower). Recomputed
     only after a tensor of it is replaced or modified in place."""
-    tensors = [(name, t) for name, t in module.state_dict(keep_vars=True).items() if names is None or name.split(".")[0] in names]
-    version = (module.training, tuple((name, t.data_ptr(), t._version, t.device.type) for name, t in tensors))
+    tensors = _tensors(module, names)
+    version = _version(module, tensors)
     memo = _FINGERPRINTS.setdefault(module, {})
     if names in memo and memo[names][0] == version:
         return memo[names][1]
@@ -297,6 +297,23 @@ def fingerprint(module: nn.Module, names: tuple[str, ...] | None = None) -> str:
     value = digest.hexdigest()
     memo[names] = (version, value)
     return value
+
+
+def copy_fingerprint(source: nn.Module, target: nn.Module, names: tuple[str, ...] | None = None) -> None:
+    """Give ``target``, a copy of ``source`` (``copy.deepcopy``, then moved to any device: equal
+    tensors, architecture and mode), the :func:`fingerprint` of ``source`` without hashing its
+    tensors again; it holds until a tensor of ``target`` is replaced or modified in place."""
+    value = fingerprint(source, names)
+    _FINGERPRINTS.setdefault(target, {})[names] = (_version(target, _tensors(target, names)), value)
+
+
+def _tensors(module: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, torch.Tensor]]:
+    return [(name, t) for name, t in module.state_dict(keep_vars=True).items() if names is None or name.split(".")[0] in names]
+
+
+def _version(module: nn.Module, tensors: list[tuple[str, torch.Tensor]]) -> tuple:
+    """What changes when a tensor of ``module`` is replaced or modified in place, or its mode flips."""
+    return module.training, tuple((name, t.data_ptr(), t._version, t.device.type) for name, t in tensors)
 
 
 def environment_key(device: torch.device) -> tuple:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from open_clip.transformer import QuickGELU
 
 import sowa_lib.backbones.clip as clip_module
 from sowa_lib.backbones.clip import load_clip, resize_position_embedding
+from sowa_lib import features
 from sowa_lib.errors import WeightsNotFoundError
 from sowa_lib.methods import build
 
@@ -116,6 +118,32 @@ def test_local_state_dict_and_torchscript_archive_load(tmp_path):
         assert torch.equal(loaded.encode_image(images)[0], source.encode_image(images)[0])
         digest = hashlib.sha256((tmp_path / path).read_bytes()).hexdigest()
         assert loaded.weights_id == f"tiny-clip:file:{digest[:12]}"
+
+
+def test_a_repeated_build_is_an_independent_copy_with_the_built_fingerprint():
+    """load_clip keeps what it built (clip.KEEP_BUILT) and hands out copies that share no tensor."""
+    first, second = (load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=7) for _ in range(2))
+    pairs = list(zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in pairs)
+    built = features.fingerprint(first.visual)
+    first.blocks[0].mlp.c_fc.bias.add_(1.0)  # as a method loading weights into its backbone would
+    third = load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=7)
+    assert torch.equal(third.blocks[0].mlp.c_fc.bias, second.blocks[0].mlp.c_fc.bias)
+    assert features.fingerprint(first.visual) != built == features.fingerprint(third.visual)
+    clip_module._BUILT.clear()
+    fresh = load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=7)
+    assert features.fingerprint(fresh.visual) == built  # the copied fingerprint is the one hashing gives
+    assert features.fingerprint(load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=8).visual) != built
+
+
+def test_a_rewritten_weights_file_is_read_again(tmp_path):
+    path = tmp_path / "tiny.pt"
+    for seed in (3, 4):
+        source = load_clip("tiny-clip", quick_gelu=True, seed=seed)
+        torch.save(source.model.state_dict(), path)
+        os.utime(path, ns=(seed, seed))  # a new modification time, as a new download or copy has
+        loaded = load_clip("tiny-clip", checkpoint=str(path), quick_gelu=True, round_fp16=False)
+        assert torch.equal(loaded.visual.proj, source.visual.proj)
 
 
 def test_weights_id_names_the_tag_the_file_or_random(tmp_path):
