@@ -422,7 +422,10 @@ def load_clip(
     else:
         weights = resolve_weights(name, pretrained, cache_dir) if pretrained is not None else None
     rounded = weights is not None and bool(round_fp16 or (round_fp16 is None and (pretrained == "openai" or is_torchscript_archive(weights))))
-    key = (name, pretrained, checkpoint is not None, _file_identity(weights), image_size, quick_gelu, seed, rounded)
+    if torch.get_default_device().type == "meta" or torch.device(device).type == "meta":  # shapes only: nothing to keep
+        return _build(name, pretrained, checkpoint, weights, rounded, image_size, quick_gelu, seed).to(device)
+    key = (name, pretrained, checkpoint is not None, _file_identity(weights), image_size, quick_gelu, seed, rounded,
+           str(torch.get_default_device()))
     built = _BUILT.pop(key, None)
     if built is None:
         built = _build(name, pretrained, checkpoint, weights, rounded, image_size, quick_gelu, seed)
