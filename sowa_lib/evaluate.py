@@ -16,12 +16,13 @@ first by :mod:`sowa_lib.preflight`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -211,10 +212,21 @@ def _build_trained(job: Job, cache: "_SampleCache", progress: bool) -> tuple[Ano
         name = train_set if category is None else f"{train_set}-{category}"
         shared = training_plan(job.plan)
         parts = training_parts(shared, job.profile, job.training, cache)
-        log = train_or_load(method.train(), cache.samples(train_set, category, _training_split(job.plan)),
-                            checkpoint_path(job.profile, shared, name, seed), parts,
-                            seed if method.training_data == "target" else None, progress)
+        with training_feature_cache(method, job.profile):
+            log = train_or_load(method.train(), cache.samples(train_set, category, _training_split(job.plan)),
+                                checkpoint_path(job.profile, shared, name, seed), parts,
+                                seed if method.training_data == "target" else None, progress)
     return method.eval(), log
+
+
+def training_feature_cache(method: AnomalyMethod, profile: Profile) -> ContextManager[Any]:
+    """The context a training runs in: for a method that ``caches_training_encodings``, this
+    process's feature cache on disk only (``SOWA_FEATURE_CACHE=disk``; a training set's encodings
+    are too many to hold in memory), so that trainings on the same batches (every ablation variant
+    that changes only what comes after the backbone) encode them once; otherwise nothing cached."""
+    cache = features.runner_cache(profile.run_dir) if method.caches_training_encodings else None
+    disk = cache.disk_only() if cache is not None else None
+    return features.active(disk) if disk is not None else contextlib.nullcontext()
 
 
 def execute_job(job: Job, progress: bool = False) -> list[str]:

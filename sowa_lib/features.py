@@ -87,9 +87,10 @@ class FeatureCache:
     optionally on disk under ``directory`` (at most ``max_disk_bytes``, least recently used files
     deleted first)."""
 
-    def __init__(self, directory: str | Path | None = None, max_disk_bytes: int | None = None) -> None:
+    def __init__(self, directory: str | Path | None = None, max_disk_bytes: int | None = None, *, in_memory: bool = True) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.max_disk_bytes = max_disk_bytes if max_disk_bytes is not None else int(DEFAULT_DISK_GB * 2**30)
+        self.in_memory = in_memory
         self.scope: Hashable = None
         self._memory: dict[str, torch.Tensor] = {}
         self._stored_images: set[tuple[str, str]] = set()
@@ -100,6 +101,11 @@ class FeatureCache:
         if scope != self.scope:
             self._memory.clear()
             self.scope = scope
+
+    def disk_only(self) -> "FeatureCache | None":
+        """A cache of the same folder that keeps nothing in memory (a training set's encodings: many
+        GB at paper size, read back once per training), or None without a folder."""
+        return None if self.directory is None else FeatureCache(self.directory, self.max_disk_bytes, in_memory=False)
 
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._memory.values())
@@ -125,11 +131,13 @@ class FeatureCache:
         except (OSError, RuntimeError, EOFError):  # removed by another process's size cap meanwhile
             return None
         tensor = tensor.to(device)
-        self._memory[key] = tensor
+        if self.in_memory:
+            self._memory[key] = tensor
         return tensor
 
     def put(self, key: str, tensor: torch.Tensor) -> None:
-        self._memory[key] = tensor
+        if self.in_memory:
+            self._memory[key] = tensor
         path = self._path(key)
         if path is None or path.is_file():
             return

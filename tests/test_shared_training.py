@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from sowa_lib import data, methods
+from sowa_lib import data, features, methods
 from sowa_lib.data import demo
-from sowa_lib.evaluate import Plan, run_plan
+from sowa_lib.evaluate import Plan, run_plan, training_feature_cache
 from sowa_lib.jobs import training_plan
 from sowa_lib.methods.base import RunContext
+from sowa_lib.profiles import get_profile
 
 #: A value other than the default for every inference option a study method declares.
 OTHER_VALUE = {"smoothing_sigma": 0.0, "memory_features": "adapted", "image_score": "raw", "reference_replacement": False,
@@ -85,3 +86,29 @@ def test_the_runner_trains_once_for_variants_that_differ_in_inference_options_on
                for variant in ("no_environment", "bigger")}
     assert records["no_environment"]["training"] == {"loaded": str(folder / "default" / "demo_a-brick_seed0.pt")}
     assert records["bigger"]["training"] == {"loaded": str(folder / "bigger" / "demo_a-brick_seed0.pt")}
+
+
+def test_sowa_trainings_meet_their_batches_once_through_the_disk_cache(samples, tmp_path):
+    """SOWA ``caches_training_encodings``: a second training on the same data and seed (an ablation
+    variant) is served every frozen batch, and the weights are those of an uncached training."""
+    uncached = _trained("sowa", samples)
+    cache = features.FeatureCache(tmp_path).disk_only()
+    features.STATS.reset()
+    with features.active(cache) as stats:
+        first = _trained("sowa", samples)
+        encoded = stats.total_encoded()
+        second = _trained("sowa", samples, smoothing_sigma=0.0)
+    assert encoded > 0 and stats.total_encoded() == encoded and sum(stats.served.values()) == encoded
+    assert cache.memory_bytes() == 0 and cache.disk_bytes() > 0  # a training set is kept on disk only
+    assert _equal(uncached, first) and _equal(uncached, second)
+
+
+def test_only_declaring_methods_train_through_the_cache_and_only_on_disk(monkeypatch, tmp_path):
+    profile = get_profile("demo", results_dir=tmp_path)
+    sowa, april_gan = methods.build("sowa", profile="demo"), methods.build("april_gan", profile="demo")
+    for mode, method, expect_cache in (("disk", sowa, True), ("disk", april_gan, False), ("memory", sowa, False)):
+        monkeypatch.setenv(features.FEATURE_CACHE_ENV, mode)
+        with training_feature_cache(method, profile):
+            context = features._CONTEXT
+            assert (context is not None) == expect_cache, (mode, method.name)
+            assert context is None or (context.cache.directory == tmp_path / "demo" / "features" and not context.cache.in_memory)

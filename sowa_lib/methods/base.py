@@ -117,6 +117,12 @@ class AnomalyMethod(nn.Module):
         score, reference memory and draws): a variant that changes only these shares the default's
         training (:func:`sowa_lib.jobs.training_plan`). ``tests/test_shared_training.py`` trains
         with each one changed and checks that the trained weights are bit-identical.
+    caches_training_encodings: :meth:`fit` encodes its batches with the frozen backbone under
+        ``torch.no_grad`` and the batches repeat between trainings of the same data and seed
+        (SOWA: one epoch): the runner then lets those encodings go through the disk feature cache,
+        so an ablation variant that changes only what comes after the backbone reuses them. False
+        where they would not repeat or would not fit (April-GAN's reshuffled epochs at 518 px,
+        AGPNet's noisy images).
 
     The runner reads these declarations, and :meth:`draws_references_with_replacement`,
     :meth:`frozen_forward` and :attr:`weights_id`, never a method's signature.
@@ -131,6 +137,7 @@ class AnomalyMethod(nn.Module):
     trains_on_references: ClassVar[bool] = False
     configured_by_setting: ClassVar[bool] = False
     inference_options: ClassVar[frozenset[str]] = frozenset()
+    caches_training_encodings: ClassVar[bool] = False
 
     image_size: int
 

@@ -147,6 +147,7 @@ class SOWA(AnomalyMethod):
     training_data = "auxiliary"
     cached = ("memory",)
     inference_options = frozenset({"smoothing_sigma", "memory_features", "image_score"})
+    caches_training_encodings = True  # one epoch (§2.4): every variant's training meets the same seeded batches
     profiles = {
         "demo": {
             **DEMO_TAPPED_CLIP,
@@ -280,8 +281,11 @@ class SOWA(AnomalyMethod):
         return tokens @ self.clip.visual.proj
 
     def forward(self, images: torch.Tensor) -> SOWAOutput:
-        """Normalised images ``[B, 3, S, S]`` -> :class:`SOWAOutput` (spec §1.2–§1.6)."""
-        cls_embedding, tapped = self.clip.encode_image(images, taps=self.taps)
+        """Normalised images ``[B, 3, S, S]`` -> :class:`SOWAOutput` (spec §1.2–§1.6). The CLIP is
+        frozen, so its pass needs no graph, also in training (where it may then be served by the
+        feature cache: ``caches_training_encodings``)."""
+        with torch.no_grad():
+            cls_embedding, tapped = self.clip.encode_image(images, taps=self.taps)
         patches = [tokens[:, 1:] for tokens in tapped]
         adapted = [self.project(adapter(p)) for adapter, p in zip(self.adapters, patches)]
         text = self.text_features()
