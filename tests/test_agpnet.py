@@ -307,6 +307,13 @@ def test_few_shot_trains_inside_set_references(shots: int, dataset, monkeypatch)
         tiny().set_references(references, "stripes")
 
 
+def test_max_steps_per_epoch_cuts_every_epoch_to_its_first_batches(dataset) -> None:
+    train = dataset["train"][:8]  # two batches of 4 an epoch
+    full, cut = tiny(epochs=2).fit(train), tiny(epochs=2, max_steps_per_epoch=1).fit(train)
+    assert (full["steps"], len(full["loss"]), cut["steps"], len(cut["loss"])) == (4, 2, 2, 2)
+    assert full["loss"] != cut["loss"]
+
+
 def _interrupt_after_first_epoch(train, monkeypatch) -> None:
     """Run ``train()`` until the snapshot of the first epoch is written (by the shared
     :class:`EpochCheckpoints`), then stop it as a crash would."""

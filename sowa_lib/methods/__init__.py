@@ -30,6 +30,7 @@ SMOKE_METHOD_OPTIONS: dict[str, Any] = {
     "pretrained": None,  # random weights of the real architectures (open_clip, timm, torchvision)
     "epochs": 1,  # April-GAN's 3/15 and AGPNet's 500 epochs; SOWA's is 1 already
     "few_shot_epochs": 1,  # AGPNet few-shot (its paper folds: 32 views of each reference, K batches of 32)
+    "max_steps_per_epoch": 1,  # AGPNet: one batch of each epoch (SOWA's and April-GAN's smoke epochs are one batch already)
 }
 
 

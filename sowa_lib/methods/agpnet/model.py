@@ -102,6 +102,7 @@ class AGPNet(AnomalyMethod):
         score_pool: int = 16,
         few_shot_folds: int = 32,
         few_shot_epochs: int | None = None,
+        max_steps_per_epoch: int | None = None,
         fusion: bool = True,
         weight_decay_params: str = "matrices",
         grad_clip_norm: float | None = 5.0,
@@ -132,6 +133,8 @@ class AGPNet(AnomalyMethod):
         mask_source "both" [P best]; mean_teacher True, ema_momentum 0.9999, ema_every 10 steps [P].
         distance "cosine" [V] or "l2"; smoothing_sigma 4 [V]; score_pool 16 (stride 1) [V].
         few_shot_folds 32 [P]; few_shot_epochs: default ``epochs`` (the paper gives none for few-shot) [?].
+        max_steps_per_epoch: None (every batch, as the paper); the smoke profile's 1 cuts each epoch
+            to its first batch (a few-shot epoch is K batches of 32 views).
         ViTAD's training details, the paper silent on each [V] (package docstring): fusion True (a
             learnable Linear(C, C) before the decoder; False: none), weight_decay_params "matrices"
             (decay only ≥ 2-D non-bias tensors; "all": every tensor), grad_clip_norm 5.0 (None: no
@@ -165,6 +168,7 @@ class AGPNet(AnomalyMethod):
         self.mean_teacher, self.ema_momentum, self.ema_every = mean_teacher, ema_momentum, ema_every
         self.distance, self.smoothing_sigma, self.score_pool = distance, smoothing_sigma, score_pool
         self.few_shot_folds, self.few_shot_epochs = few_shot_folds, few_shot_epochs or epochs
+        self.max_steps_per_epoch = max_steps_per_epoch
         self.reset_decoder(seed)
 
     # ------------------------------------------------------------------ model pieces
@@ -316,13 +320,14 @@ class AGPNet(AnomalyMethod):
             generator.set_state(snapshot["generator"])
             previous = list(snapshot["losses"])
         steps, per_epoch = len(previous), batch_count(len(images), self.batch_size, self.drop_last)
+        per_epoch = min(per_epoch, self.max_steps_per_epoch or per_epoch)
 
         def set_learning_rate(epoch: int) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = self.learning_rate * learning_rate_factor(epoch + 1, epochs, self.learning_rate_decay_fraction)
 
         def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, int]]:
-            for index in shuffled_batches(len(images), self.batch_size, generator, self.drop_last):
+            for index in shuffled_batches(len(images), self.batch_size, generator, self.drop_last)[:per_epoch]:
                 yield images[index.cpu()].to(device), epoch + 1
 
         def follow_teacher() -> None:
