@@ -127,7 +127,7 @@ def paper_profile(data_root: Path | None = None, results_dir: Path | None = None
 #: on top of each method's paper options by :func:`method_profile_options`, for the options its
 #: constructor has. Nothing else differs, so the smoke runs the paper's code path and cannot drift.
 SMOKE_DIFFERENCES: dict[str, Any] = {
-    "datasets": "fabricated in the six official on-disk layouts, two categories each (sowa_lib.data.fabricate)",
+    "datasets": "fabricated in the six official on-disk layouts, two categories each, train images in two shades (sowa_lib.data.fabricate)",
     "seeds": (0,),
     "device": "cpu unless asked (the paper profile: cuda)",
     "official checkpoints": "files written in the authors' formats from random weights (sowa_lib.methods.official_weights)",
