@@ -285,7 +285,21 @@ def _tensor_hash(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...] | None, tuple[tuple, str]]]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...] | None, tuple[tuple, str | _CopiedFrom]]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _CopiedFrom:
+    """A copy's fingerprint not yet hashed: its source's, while the source is alive and unchanged."""
+
+    source: "weakref.ref[nn.Module]"
+    source_version: tuple
+
+    def resolve(self, names: tuple[str, ...] | None) -> str | None:
+        source = self.source()
+        if source is None or _version(source, _tensors(source, names)) != self.source_version:
+            return None
+        return fingerprint(source, names)
 
 
 def fingerprint(module: nn.Module, names: tuple[str, ...] | None = None) -> str:
@@ -297,7 +311,11 @@ def fingerprint(module: nn.Module, names: tuple[str, ...] | None = None) -> str:
     version = _version(module, tensors)
     memo = _FINGERPRINTS.setdefault(module, {})
     if names in memo and memo[names][0] == version:
-        return memo[names][1]
+        known = memo[names][1]
+        value = known if isinstance(known, str) else known.resolve(names)
+        if value is not None:
+            memo[names] = (version, value)
+            return value
     architecture = repr(module) if names is None else repr([(n, getattr(module, n)) for n in names if isinstance(getattr(module, n), nn.Module)])
     digest = hashlib.blake2b(f"{type(module).__qualname__}\n{architecture}\n{module.training}".encode(), digest_size=20)
     for name, tensor in tensors:
@@ -310,9 +328,11 @@ def fingerprint(module: nn.Module, names: tuple[str, ...] | None = None) -> str:
 def copy_fingerprint(source: nn.Module, target: nn.Module, names: tuple[str, ...] | None = None) -> None:
     """Give ``target``, a copy of ``source`` (``copy.deepcopy``, then moved to any device: equal
     tensors, architecture and mode), the :func:`fingerprint` of ``source`` without hashing its
-    tensors again; it holds until a tensor of ``target`` is replaced or modified in place."""
-    value = fingerprint(source, names)
-    _FINGERPRINTS.setdefault(target, {})[names] = (_version(target, _tensors(target, names)), value)
+    tensors again. Lazy: nothing is hashed until ``target``'s fingerprint is asked for, and then
+    ``source``'s (memoised there for the next copy), provided ``source`` is alive and unchanged since
+    the copy; it holds until a tensor of ``target`` is replaced or modified in place."""
+    copied = _CopiedFrom(weakref.ref(source), _version(source, _tensors(source, names)))
+    _FINGERPRINTS.setdefault(target, {})[names] = (_version(target, _tensors(target, names)), copied)
 
 
 def _tensors(module: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, torch.Tensor]]:

@@ -5,6 +5,7 @@ process-like cache and keeps its cap; and a whole few-shot sweep writes bit-iden
 with the cache off, in memory and on disk."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -154,6 +155,21 @@ def test_prompt_key_follows_the_text_tower_only():
         clip.model.text_projection.mul_(2.0)
         clip.encode_text(prompts)
         assert calls == [1, 1, 1]
+
+
+def test_a_copied_fingerprint_is_hashed_when_asked_from_an_unchanged_source_only():
+    """copy_fingerprint hashes nothing; asked, the copy gets its source's fingerprint (memoised there)
+    or, once the source has changed since the copy, its own tensors' hash."""
+    source = torch.nn.Linear(3, 2)
+    expected = features.fingerprint(copy.deepcopy(source))
+    served, unserved = copy.deepcopy(source), copy.deepcopy(source)
+    features.copy_fingerprint(source, served)
+    features.copy_fingerprint(source, unserved)
+    assert source not in features._FINGERPRINTS
+    assert features.fingerprint(served) == expected and source in features._FINGERPRINTS
+    with torch.no_grad():
+        source.weight.add_(1.0)
+    assert features.fingerprint(unserved) == expected != features.fingerprint(source)
 
 
 @torch.no_grad()

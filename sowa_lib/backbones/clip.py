@@ -421,14 +421,13 @@ def load_clip(
         weights = str(checkpoint)
     else:
         weights = resolve_weights(name, pretrained, cache_dir) if pretrained is not None else None
-    rounded = weights is not None and bool(round_fp16 or (round_fp16 is None and (pretrained == "openai" or is_torchscript_archive(weights))))
     if torch.get_default_device().type == "meta" or torch.device(device).type == "meta":  # shapes only: nothing to keep
-        return _build(name, pretrained, checkpoint, weights, rounded, image_size, quick_gelu, seed).to(device)
-    key = (name, pretrained, checkpoint is not None, _file_identity(weights), image_size, quick_gelu, seed, rounded,
+        return _build(name, pretrained, checkpoint, weights, round_fp16, image_size, quick_gelu, seed).to(device)
+    key = (name, pretrained, checkpoint is not None, _file_identity(weights), image_size, quick_gelu, seed, round_fp16,
            str(torch.get_default_device()))
     built = _BUILT.pop(key, None)
     if built is None:
-        built = _build(name, pretrained, checkpoint, weights, rounded, image_size, quick_gelu, seed)
+        built = _build(name, pretrained, checkpoint, weights, round_fp16, image_size, quick_gelu, seed)
     _BUILT[key] = built  # most recently used last
     while len(_BUILT) > KEEP_BUILT:
         _BUILT.popitem(last=False)
@@ -441,8 +440,8 @@ KEEP_BUILT = 2
 _BUILT: "OrderedDict[tuple, ClipBackbone]" = OrderedDict()
 
 
-def _build(name: str, pretrained: str | None, checkpoint: str | Path | None, weights: str | None, rounded: bool,
-           image_size: int | None, quick_gelu: bool, seed: int) -> ClipBackbone:
+def _build(name: str, pretrained: str | None, checkpoint: str | Path | None, weights: str | None,
+           round_fp16: bool | None, image_size: int | None, quick_gelu: bool, seed: int) -> ClipBackbone:
     config = model_config(name)
     config.pop("quick_gelu", None)  # the argument decides, not the config name
     with torch.random.fork_rng(devices=[]):
@@ -450,7 +449,7 @@ def _build(name: str, pretrained: str | None, checkpoint: str | Path | None, wei
         model = open_clip.CLIP(**config, quick_gelu=quick_gelu)
     if weights is not None:
         load_weights(model, weights)
-        if rounded:
+        if round_fp16 or (round_fp16 is None and (pretrained == "openai" or is_torchscript_archive(weights))):
             round_like_openai(model)
     backbone = ClipBackbone(model, name, pretrained, clip_weights_id(name, pretrained, checkpoint))
     if image_size is not None:
