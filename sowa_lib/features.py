@@ -27,7 +27,8 @@ The module imports nothing of ``sowa_lib``: it sits just below the backbones, wh
 Memory is bounded by scope: :meth:`FeatureCache.enter` with a new scope (the runner's dataset and
 category) drops what the previous scope held. The optional disk cache (``directory``, the runner's
 ``results/<profile>/features/``) writes one file per entry atomically (temporary name, then rename),
-reads it memory-mapped, and deletes the least recently used files beyond ``max_disk_bytes``.
+reads it memory-mapped, and deletes the least recently used files beyond ``max_disk_bytes`` (the folder
+is scanned for that only when the cap may have been reached).
 Several processes (the executors' workers) may share the folder: a file is complete once it has its
 name, and a file deleted by another process's cap is a miss, recomputed.
 """
@@ -54,6 +55,9 @@ FEATURE_CACHE_MODES = ("off", "memory", "disk")
 #: Size cap of the disk cache in GiB (default :data:`DEFAULT_DISK_GB`).
 FEATURE_CACHE_GB_ENV = "SOWA_FEATURE_CACHE_GB"
 DEFAULT_DISK_GB = 50.0
+#: A disk cache rescans its folder after writing this fraction of its cap (:meth:`FeatureCache.put`), so
+#: the folder may exceed the cap by at most that much per process writing to it at once.
+RESCAN_FRACTION = 1 / 64
 #: Folder of the disk cache inside a profile's results folder (``make clean-features`` removes it).
 FEATURES_DIRNAME = "features"
 
@@ -91,6 +95,8 @@ class FeatureCache:
         self.directory = Path(directory) if directory is not None else None
         self.max_disk_bytes = max_disk_bytes if max_disk_bytes is not None else int(DEFAULT_DISK_GB * 2**30)
         self.in_memory = in_memory
+        self._disk_bytes_seen: int | None = None  # the folder's size at the last scan, plus what this cache wrote since
+        self._written_since_scan = 0
         self.scope: Hashable = None
         self._memory: dict[str, torch.Tensor] = {}
         self._stored_images: set[tuple[str, str]] = set()
@@ -144,8 +150,9 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(tensor.detach().cpu().clone(), temporary)
+        size = temporary.stat().st_size
         os.replace(temporary, path)
-        self._enforce_disk_cap()
+        self._enforce_disk_cap(size)
 
     def _path(self, key: str) -> Path | None:
         return None if self.directory is None else self.directory / key[:2] / f"{key}.pt"
@@ -155,7 +162,16 @@ class FeatureCache:
             return 0
         return sum(p.stat().st_size for p in self.directory.glob("*/*.pt"))
 
-    def _enforce_disk_cap(self) -> None:
+    def _enforce_disk_cap(self, written: int) -> None:
+        """After writing ``written`` bytes, :meth:`_trim_to_cap` if what this cache knows of the folder
+        could exceed the cap, or once it wrote :data:`RESCAN_FRACTION` of the cap since the last scan
+        (other processes write to it too): a scan per write made a sweep quadratic in its file count."""
+        self._written_since_scan += written
+        if self._disk_bytes_seen is None or self._disk_bytes_seen + self._written_since_scan > self.max_disk_bytes \
+                or self._written_since_scan > self.max_disk_bytes * RESCAN_FRACTION:
+            self._trim_to_cap()
+
+    def _trim_to_cap(self) -> None:
         """Delete the least recently used (written or read) files until the folder holds at most the cap."""
         files = sorted(self.directory.glob("*/*.pt"), key=lambda p: p.stat().st_mtime_ns)
         total = sum(p.stat().st_size for p in files)
@@ -164,6 +180,7 @@ class FeatureCache:
                 break
             total -= path.stat().st_size
             path.unlink(missing_ok=True)
+        self._disk_bytes_seen, self._written_since_scan = total, 0
 
 
 # ---------------------------------------------------------------------- the active context

@@ -205,6 +205,23 @@ def test_disk_cache_serves_another_cache_and_keeps_its_cap(tmp_path):
     assert capped.disk_bytes() <= capped.max_disk_bytes and len(list(tmp_path.glob("*/*.pt"))) == 1
 
 
+@torch.no_grad()
+def test_the_disk_cache_scans_its_folder_only_when_the_cap_may_be_reached(tmp_path, monkeypatch):
+    """One scan for a sweep's writes under the cap (a scan per write was quadratic in the file count),
+    then one per write once the cap is reached, which it keeps."""
+    cache, scans = features.FeatureCache(tmp_path), []
+    trim = cache._trim_to_cap
+    monkeypatch.setattr(cache, "_trim_to_cap", lambda: scans.append(1) or trim())
+    with features.active(cache):
+        for seed in range(5):
+            CLIP.encode_image(_images(1, 112, seed), [3])  # two files (CLS, tap) per image
+    assert len(scans) == 1 and len(list(tmp_path.glob("*/*.pt"))) == 10
+    cache.max_disk_bytes = cache.disk_bytes() + 1
+    with features.active(cache):
+        CLIP.encode_image(_images(1, 112, seed=5), [3])
+    assert len(scans) == 3 and cache.disk_bytes() <= cache.max_disk_bytes
+
+
 def test_runner_cache_mode_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(features.FEATURE_CACHE_ENV, "off")
     assert features.runner_cache(tmp_path) is None
