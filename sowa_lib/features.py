@@ -95,7 +95,7 @@ class FeatureCache:
         self.directory = Path(directory) if directory is not None else None
         self.max_disk_bytes = max_disk_bytes if max_disk_bytes is not None else int(DEFAULT_DISK_GB * 2**30)
         self.in_memory = in_memory
-        self._disk_bytes_seen: int | None = None  # the folder's size at the last scan, plus what this cache wrote since
+        self._disk_bytes_seen: int | None = None  # the folder's size after the last scan (None: not scanned yet)
         self._written_since_scan = 0
         self.scope: Hashable = None
         self._memory: dict[str, torch.Tensor] = {}
@@ -158,9 +158,20 @@ class FeatureCache:
         return None if self.directory is None else self.directory / key[:2] / f"{key}.pt"
 
     def disk_bytes(self) -> int:
+        return sum(stat.st_size for _, stat in self._stored_files())
+
+    def _stored_files(self) -> list[tuple[Path, os.stat_result]]:
+        """The folder's entries with their ``stat``, each read once; a file that another process's cap
+        deleted meanwhile is left out."""
         if self.directory is None or not self.directory.is_dir():
-            return 0
-        return sum(p.stat().st_size for p in self.directory.glob("*/*.pt"))
+            return []
+        stored = []
+        for path in self.directory.glob("*/*.pt"):
+            try:
+                stored.append((path, path.stat()))
+            except FileNotFoundError:
+                continue
+        return stored
 
     def _enforce_disk_cap(self, written: int) -> None:
         """After writing ``written`` bytes, :meth:`_trim_to_cap` if what this cache knows of the folder
@@ -173,12 +184,12 @@ class FeatureCache:
 
     def _trim_to_cap(self) -> None:
         """Delete the least recently used (written or read) files until the folder holds at most the cap."""
-        files = sorted(self.directory.glob("*/*.pt"), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in files)
-        for path in files:
+        stored = sorted(self._stored_files(), key=lambda entry: entry[1].st_mtime_ns)
+        total = sum(stat.st_size for _, stat in stored)
+        for path, stat in stored:
             if total <= self.max_disk_bytes:
                 break
-            total -= path.stat().st_size
+            total -= stat.st_size
             path.unlink(missing_ok=True)
         self._disk_bytes_seen, self._written_since_scan = total, 0
 
