@@ -13,8 +13,11 @@ the ratios default / off and the size of the disk cache the default run left. Th
 one-line progress summaries in the executed notebooks (``SOWA_PROGRESS=summary``), where the time
 went: seconds of training (``train <method>/<variant>``) and of evaluation
 (``<method>/<variant>/<setting>``, which includes the frozen encodings and AGPNet's few-shot
-training on the references) per method and mode. The
-demo data is generated before timing.
+training on the references) per method and mode. Last, from the kernels' encoder timings
+(``SOWA_FEATURE_STATS``: every computation of a frozen encoder, images and prompt lists, whether a
+cache could serve it or not), the seconds the frozen encoders ran in each mode and the lowest ratio
+that *any* cache of frozen encodings could reach: the uncached run's wall time less all of its
+encoder time, over its wall time. The demo data is generated before timing.
 """
 from __future__ import annotations
 
@@ -27,13 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sowa_lib.features import FEATURE_CACHE_ENV, FEATURES_DIRNAME  # noqa: E402
+from sowa_lib.features import FEATURE_CACHE_ENV, FEATURE_STATS_ENV, FEATURES_DIRNAME, read_stats  # noqa: E402
 from sowa_lib.preflight import prepare  # noqa: E402
 from sowa_lib.profiles import get_profile  # noqa: E402
 
@@ -50,7 +53,7 @@ def children_cpu() -> float:
 
 def run_mode(mode: str, profile: str, books: list[str], results_dir: Path) -> dict[str, tuple[float, float]]:
     """Execute ``books`` in order with the cache ``mode``; ``{notebook: (wall s, CPU s)}``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), FEATURE_STATS_ENV: str(results_dir / "encoder_stats")}
     env.pop(FEATURE_CACHE_ENV, None)
     if mode == "off":
         env[FEATURE_CACHE_ENV] = "off"
@@ -100,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     books = [b for b in NOTEBOOKS if not args.only or any(b.startswith(p) for p in args.only)]
     prepare(get_profile(args.profile))  # data generated before timing
-    measured, steps = {}, {}
+    measured, steps, encoder_seconds = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="reproduce_all_") as tmp:
         for mode in args.modes:
             measured[mode] = run_mode(mode, args.profile, books, Path(tmp) / mode)
             steps[mode] = breakdown(Path(tmp) / mode, args.profile, books)
+            encoder_seconds[mode] = read_stats(Path(tmp) / mode / "encoder_stats").seconds
         if "default" in measured:
             files, size = disk_cache(Path(tmp) / "default", args.profile)
             print(f"default run's disk feature cache: {files} entries, {size / 2**20:.1f} MiB")
@@ -123,7 +127,22 @@ def main(argv: list[str] | None = None) -> int:
             (sum(t[0] for t in measured[m].values()), sum(t[1] for t in measured[m].values())) for m in ("off", "default"))
         print(f"ratio default / off: wall {on_wall / off_wall:.2f}×, CPU {on_cpu / off_cpu:.2f}× "
               f"(goal of issue #15: ≤ 0.5×)")
+    print_encoder_seconds(encoder_seconds, {m: sum(t[0] for t in v.values()) for m, v in measured.items()})
     return 0
+
+
+def print_encoder_seconds(seconds: dict[str, Counter], walls: dict[str, float]) -> None:
+    """Per encoder and mode, the seconds the frozen encoders ran in the kernels; then the bound on
+    the ratio: a cache can at best serve every encoding of the uncached run for free."""
+    print("\nfrozen encoders, wall s in the kernels (every computation, cacheable or not):")
+    print(f"{'encoder':<52}" + "".join(f"{m:>12}" for m in seconds))
+    for label in sorted({label for per_mode in seconds.values() for label in per_mode}):
+        print(f"{label:<52}" + "".join(f"{seconds[m].get(label, 0.0):12.1f}" for m in seconds))
+    print(f"{'total':<52}" + "".join(f"{sum(seconds[m].values()):12.1f}" for m in seconds))
+    if "off" in seconds:
+        encoders, wall = sum(seconds["off"].values()), walls["off"]
+        print(f"a cache serving every frozen encoding for free: ≥ {wall - encoders:.1f} s of {wall:.1f} s, "
+              f"ratio ≥ {(wall - encoders) / wall:.2f}×")
 
 
 if __name__ == "__main__":

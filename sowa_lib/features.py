@@ -34,7 +34,9 @@ name, and a file deleted by another process's cap is a miss, recomputed.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
+import json
 import os
 import platform
 import weakref
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from time import perf_counter
 from typing import Callable, Hashable, Iterator, Sequence
 
 import torch
@@ -60,6 +63,10 @@ DEFAULT_DISK_GB = 50.0
 RESCAN_FRACTION = 1 / 64
 #: Folder of the disk cache inside a profile's results folder (``make clean-features`` removes it).
 FEATURES_DIRNAME = "features"
+#: A folder: each process that imports this module writes its :data:`STATS` there as ``<pid>.json``
+#: when it exits (``benchmarks/reproduce_all.py`` sums the notebooks' kernels), and its CUDA encoder
+#: timings are synchronised so that they count the GPU work.
+FEATURE_STATS_ENV = "SOWA_FEATURE_STATS"
 
 Parts = dict[Hashable, torch.Tensor]
 Compute = Callable[[torch.Tensor, Sequence[Hashable]], Parts]
@@ -69,10 +76,14 @@ Compute = Callable[[torch.Tensor, Sequence[Hashable]], Parts]
 class FeatureStats:
     """What went through :func:`frozen_features` within :func:`active` contexts, in this process:
     ``encoded`` counts the images the backbone actually ran on, ``served`` those answered from a
-    cache, both per operation label (``"<library>.<backbone class>/<operation>"``)."""
+    cache, both per operation label (``"<library>.<backbone class>/<operation>"``). ``seconds`` is
+    the wall time the frozen encoders ran per label (prompt lists: ``".../prompts"``), counted for
+    every computation that :func:`frozen_features` and :func:`frozen_prompts` make, within an
+    :func:`active` context or not: all that any cache of frozen encodings could save."""
 
     encoded: Counter = field(default_factory=Counter)
     served: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
 
     def total_encoded(self) -> int:
         return sum(self.encoded.values())
@@ -80,10 +91,34 @@ class FeatureStats:
     def reset(self) -> None:
         self.encoded.clear()
         self.served.clear()
+        self.seconds.clear()
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {"encoded": dict(self.encoded), "served": dict(self.served), "seconds": dict(self.seconds)}
 
 
 #: The process's counters (the sweep benchmark reads and resets them).
 STATS = FeatureStats()
+
+
+def _write_stats(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{os.getpid()}.json").write_text(json.dumps(STATS.as_dict()))
+
+
+if os.environ.get(FEATURE_STATS_ENV):
+    atexit.register(_write_stats, Path(os.environ[FEATURE_STATS_ENV]))
+
+
+def read_stats(folder: Path) -> FeatureStats:
+    """The sum of the :data:`STATS` that the processes run with :data:`FEATURE_STATS_ENV` = ``folder``
+    wrote there."""
+    total = FeatureStats()
+    for path in sorted(Path(folder).glob("*.json")):
+        written = json.loads(path.read_text())
+        for name in ("encoded", "served", "seconds"):
+            getattr(total, name).update(written[name])
+    return total
 
 
 class FeatureCache:
@@ -235,23 +270,23 @@ def frozen_features(
     ``compute(images, parts)``.
     """
     context = _CONTEXT
+    label = f"{type(owner).__module__.split('.')[0]}.{type(owner).__name__}/{operation}"
     if context is None or torch.is_grad_enabled():
-        return compute(images, parts)
+        return _timed(label, compute, images, parts)
     if context.per_image and len(images) > 1:
         single = [frozen_features(owner, operation, images[i : i + 1], parts, compute, superset) for i in range(len(images))]
         return {part: torch.cat([s[part] for s in single]) for part in parts}
-    label = f"{type(owner).__module__.split('.')[0]}.{type(owner).__name__}/{operation}"
     cache = context.cache
     if cache is None or _has_hooks(owner):
         STATS.encoded[label] += len(images)
-        return _contiguous(compute(images, parts))
+        return _contiguous(_timed(label, compute, images, parts))
     image_hashes = [_tensor_hash(image) for image in images]
     entry = _entry_key(fingerprint(owner), operation, compute, images, image_hashes)
     found = {part: cache.get(_part_key(entry, part), images.device) for part in parts}
     if all(value is not None for value in found.values()):
         STATS.served[label] += len(images)
         return found
-    computed = _contiguous(compute(images, superset or parts))
+    computed = _contiguous(_timed(label, compute, images, superset or parts))
     STATS.encoded[label] += len(images)
     for part, value in computed.items():
         cache.put(_part_key(entry, part), value)
@@ -274,18 +309,31 @@ def frozen_prompts(owner: nn.Module, tower: tuple[str, ...], token_ids: torch.Te
     goes through ViT-L's text tower once per plan and category: 17 s on two CPU cores (measured).
     """
     context = _CONTEXT
+    label = f"{type(owner).__module__.split('.')[0]}.{type(owner).__name__}/prompts"
     if context is None or torch.is_grad_enabled():
-        return compute(token_ids)
+        return _timed(label, compute, token_ids)
     if context.cache is None or _has_hooks(owner):
-        return compute(token_ids).contiguous()
+        return _timed(label, compute, token_ids).contiguous()
     entry = _entry_key(fingerprint(owner, tower), "prompts", compute, token_ids, [_tensor_hash(token_ids)])
     key = _part_key(entry, "features")
     found = context.cache.get(key, token_ids.device)
     if found is not None:
         return found
-    value = compute(token_ids).contiguous()
+    value = _timed(label, compute, token_ids).contiguous()
     context.cache.put(key, value)
     return value
+
+
+def _timed(label: str, compute: Callable, *inputs: object) -> object:
+    """``compute(*inputs)``, its wall time added to :data:`STATS` ``.seconds[label]`` (on CUDA, after
+    a synchronisation when :data:`FEATURE_STATS_ENV` asks for the timings)."""
+    synchronise = torch.cuda.is_available() and bool(os.environ.get(FEATURE_STATS_ENV))
+    start = perf_counter()
+    result = compute(*inputs)
+    if synchronise:
+        torch.cuda.synchronize()
+    STATS.seconds[label] += perf_counter() - start
+    return result
 
 
 def _contiguous(parts: Parts) -> Parts:

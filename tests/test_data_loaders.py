@@ -1,5 +1,7 @@
 """The six benchmark loaders on tiny fabricated trees in their official layouts (spec §2.2)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,9 @@ from sowa_lib.data.fabricate import btad_tree, dagm_tree, mvtec3d_tree, mvtec_tr
 from sowa_lib.data import btad, dagm, dtd_synthetic, mvtec, mvtec3d, visa
 from sowa_lib.errors import CorruptImageError, DatasetError, DatasetLayoutError, DatasetNotFoundError, UnknownCategoryError
 from sowa_lib.data.references import draw_references
+from sowa_lib.data import sample as sample_module
+
+OPEN = sample_module._open
 
 CORNER = np.zeros((8, 8), dtype=bool)
 CORNER[:2, :2] = True
@@ -122,7 +127,7 @@ def test_file_removed_after_loading_is_a_not_found_error_naming_it(tmp_path):
     good = next(s for s in samples if s.mask_path is None)
     for path in (samples[0].path, good.path, samples[1].mask_path):
         path.unlink()
-    for read in (samples[0].read_image, good.read_mask, samples[1].read_mask):  # read_mask of a good image opens it
+    for read in (samples[0].read_image, good.read_mask, samples[1].read_mask):  # read_mask of a good image reads its size
         with pytest.raises(DatasetNotFoundError) as info:
             read()
         assert "file not found" in str(info.value) and "cannot decode" not in str(info.value)
@@ -137,6 +142,34 @@ def test_corrupt_image_raises_naming_the_file(tmp_path):
     with pytest.raises(CorruptImageError, match="001.png"):
         sample.read_image()
 
+
+
+def test_a_file_is_decoded_once_until_it_is_rewritten(tmp_path, monkeypatch):
+    """Reads after the first come from the process's decoded files, each an independent copy; a
+    rewritten file is decoded again; a mask of a normal image reads only the image's header."""
+    root = mvtec_tree(tmp_path / "mvtec")
+    anomalous, good = (s for s in mvtec.load(root, "bottle", "test") if s.defect in ("crack", "good") and s.path.stem == "000")
+    decoded = []
+    monkeypatch.setattr(sample_module, "_open", lambda path, *rest: decoded.append(path) or OPEN(path, *rest))
+    first = anomalous.read_image()
+    first[:] = 0
+    again = anomalous.read_image()
+    assert decoded == [anomalous.path] and again.any()
+    assert np.array_equal(anomalous.read_mask(), CORNER) and np.array_equal(anomalous.read_mask(), CORNER)
+    assert not good.read_mask().any()
+    assert decoded == [anomalous.path, anomalous.mask_path]
+
+    write_image(anomalous.path, 7)
+    os.utime(anomalous.path, ns=(anomalous.path.stat().st_mtime_ns + 10**9,) * 2)
+    assert (anomalous.read_image() == 7).all() and decoded[-1] == anomalous.path
+
+
+def test_decoded_files_keep_at_most_their_byte_cap():
+    arrays = {name: np.zeros(100, dtype=np.uint8) for name in "abc"}
+    kept = sample_module._DecodedFiles(max_bytes=250)
+    for name, array in arrays.items():
+        kept._keep((name,), array)
+    assert kept.bytes == 200 and list(kept._arrays) == [("b",), ("c",)]
 
 @pytest.mark.parametrize("name", ["mvtec", "visa", "btad", "dagm", "dtd_synthetic", "mvtec3d"])
 def test_missing_dataset_raises_one_clear_error(tmp_path, name):

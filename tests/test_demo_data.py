@@ -150,6 +150,24 @@ def test_matching_manifest_is_reused_and_anything_else_regenerated(tmp_path):
     assert len(data.load("demo", paths["demo_a"], "brick", "train")) == 3
 
 
+
+def test_the_files_are_read_again_only_after_one_changed(tmp_path, monkeypatch):
+    """Every study step checks the demo against its manifest: unchanged files (path, size, modification
+    time) are not read again in this process; a rewrite of the same size is still caught."""
+    paths = demo.generate(tmp_path, seed=0, **SMALL)
+    image = paths["demo_b"] / "coins" / "test" / "good" / "000.png"
+    original, stamp = image.read_bytes(), image.stat().st_mtime_ns
+    reads: list[Path] = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    demo.generate(tmp_path, seed=0, **SMALL)
+    assert reads == []
+
+    image.write_bytes(bytes(len(original)))
+    os.utime(image, ns=(stamp + 10**9, stamp + 10**9))
+    demo.generate(tmp_path, seed=0, **SMALL)
+    assert image in reads and read_bytes(image) == original
+
 def test_missing_root_says_how_to_generate(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"demo\.generate\(.*make data DATASETS=demo"):
         data.load("demo", tmp_path / "demo_a", "brick")

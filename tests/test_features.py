@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,8 @@ from sowa_lib.backbones.clip import load_clip
 from sowa_lib.backbones.cnn import POOLED, STAGES, tiny_resnet
 from sowa_lib.backbones.dino import TINY_DINO, load_dino
 from sowa_lib.methods.winclip import WinCLIP
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +84,36 @@ def test_cnn_tap_sets_share_one_pass():
     assert stats.total_encoded() == 3
     assert all(torch.equal(patchcore[t], uncached[t]) for t in patchcore)
     assert all(torch.equal(spade[t], uncached[t]) for t in spade)
+
+
+@torch.no_grad()
+def test_encoder_seconds_count_every_computation_and_no_served_entry(monkeypatch):
+    """``STATS.seconds``: the time of every computation of a frozen encoder, images and prompt lists,
+    in a cache's context or outside one (what benchmarks/reproduce_all.py's bound on any cache
+    sums), and nothing for an entry the cache serves. A fake clock advances one second per reading."""
+    ticks = iter(range(1000))
+    monkeypatch.setattr(features, "perf_counter", lambda: float(next(ticks)))
+    images = _images(2, 112)
+    CLIP.encode_image(images, [3])  # outside any context
+    with features.active(None):
+        CLIP.encode_image(images, [3])
+    with features.active(features.FeatureCache()):
+        CLIP.encode_image(images, [3])  # computed and stored
+        CLIP.encode_image(images, [3])  # served
+        CLIP.encode_text(["a photo of a flawless object"])
+        CLIP.encode_text(["a photo of a flawless object"])
+    assert dict(features.STATS.seconds) == {"open_clip.VisionTransformer/encode_image": 3.0, "open_clip.CLIP/prompts": 1.0}
+
+
+def test_a_process_writes_its_encoder_stats_when_asked(tmp_path):
+    """With SOWA_FEATURE_STATS set, each process writes its counters at exit; read_stats sums them."""
+    script = "from sowa_lib import features; features.STATS.seconds['x'] += 2.5; features.STATS.encoded['x'] += 3"
+    env = {**os.environ, features.FEATURE_STATS_ENV: str(tmp_path), "PYTHONPATH": str(REPO)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    total = features.read_stats(tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert total.seconds == {"x": 5.0} and total.encoded == {"x": 6} and not total.served
 
 
 @torch.no_grad()

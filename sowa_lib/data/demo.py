@@ -348,14 +348,25 @@ def _write_category(directory: Path, rendered: Iterator[RenderedImage]) -> None:
             _write_png(item.mask.astype(np.uint8) * 255, mask_path)
 
 
+#: ``{root: (the files' stat signature, their content hash)}``: every study step checks the demo
+#: (:func:`generate`), and re-reading its files each time cost seconds per notebook.
+_HASHED: dict[Path, tuple[tuple, str]] = {}
+
+
 def _content_hash(root: Path) -> str:
-    """SHA-256 over the relative paths and bytes of every file of both groups, in sorted order."""
+    """SHA-256 over the relative paths and bytes of every file of both groups, in sorted order; read
+    again only when a file was added, removed or rewritten (path, size or modification time) since
+    this process last hashed them."""
+    files = [path for group in GROUPS for path in sorted(p for p in (root / group).rglob("*") if p.is_file())]
+    signature = tuple((path, stat.st_size, stat.st_mtime_ns) for path, stat in ((p, p.stat()) for p in files))
+    if root in _HASHED and _HASHED[root][0] == signature:
+        return _HASHED[root][1]
     digest = hashlib.sha256()
-    for group in GROUPS:
-        for path in sorted(p for p in (root / group).rglob("*") if p.is_file()):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    _HASHED[root] = signature, digest.hexdigest()
+    return _HASHED[root][1]
 
 
 def _read_manifest(root: Path) -> dict | None:
