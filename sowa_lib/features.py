@@ -325,9 +325,11 @@ def frozen_prompts(owner: nn.Module, tower: tuple[str, ...], token_ids: torch.Te
 
 
 def _timed(label: str, compute: Callable, *inputs: object) -> object:
-    """``compute(*inputs)``, its wall time added to :data:`STATS` ``.seconds[label]`` (on CUDA, after
-    a synchronisation when :data:`FEATURE_STATS_ENV` asks for the timings)."""
-    synchronise = torch.cuda.is_available() and bool(os.environ.get(FEATURE_STATS_ENV))
+    """``compute(*inputs)``, its wall time added to :data:`STATS` ``.seconds[label]`` (on CUDA, between
+    two synchronisations when :data:`FEATURE_STATS_ENV` asks for the timings)."""
+    synchronise = bool(os.environ.get(FEATURE_STATS_ENV)) and torch.cuda.is_available()
+    if synchronise:
+        torch.cuda.synchronize()
     start = perf_counter()
     result = compute(*inputs)
     if synchronise:
