@@ -65,7 +65,7 @@ def distinct_pairs(method: AnomalyMethod, test: list[Sample], draws: list[list[S
     """(encoder, image content hash) of the test images and of every drawn reference (none for
     methods that train on their references: those encodings are not cached)."""
     drawn = [] if method.trains_on_references else [r for refs in draws for r in refs]
-    images = load_images([*test, *drawn], method.image_size, method.normalization)
+    images = load_images([*test, *drawn], method.image_size, method.normalization, method.interpolation)
     return {(encoder_key(method), features._tensor_hash(x)) for x in images}
 
 
@@ -92,7 +92,8 @@ def demo_sweep(study, names: list[str], shots: list[int], seeds: list[int]) -> d
     pairs: set = set()
     for name in names:
         method = build(name, profile="demo")
-        pairs |= distinct_pairs(method, test, [references(method, samples, DATASET, CATEGORY, k, s) for k in shots for s in seeds])
+        replacement = type(method).draws_references_with_replacement(method.config())
+        pairs |= distinct_pairs(method, test, [references(samples, DATASET, CATEGORY, k, s, replacement) for k in shots for s in seeds])
     out["distinct"] = len(pairs)
     return out
 
@@ -103,7 +104,7 @@ def paper_sweep(study, names: list[str], shots: list[int], seeds: list[int], n_i
     samples = _SampleCache(study)
     test, pool = samples.samples(DATASET, CATEGORY, "test")[:n_images], samples.samples(DATASET, CATEGORY, "train")
     built = {m: build(m, profile="paper", pretrained=None, **PAPER_OPTIONS.get(m, {})).eval() for m in names}
-    draws = {m: [[] if m in PAPER_OPTIONS else draw_references(pool, k, s, replacement=bool(getattr(method, "reference_replacement", False)))
+    draws = {m: [[] if m in PAPER_OPTIONS else draw_references(pool, k, s, replacement=type(method).draws_references_with_replacement(method.config()))
                  for k in shots for s in seeds] for m, method in built.items()}
     out: dict[str, Any] = {}
     for mode in ("off", "memory"):
@@ -111,7 +112,7 @@ def paper_sweep(study, names: list[str], shots: list[int], seeds: list[int], n_i
         features.STATS.reset()
         wall, cpu = time.perf_counter(), time.process_time()
         for name, method in built.items():
-            images = load_images(test, method.image_size, method.normalization)
+            images = load_images(test, method.image_size, method.normalization, method.interpolation)
             for refs in draws[name]:
                 predict_with_references(method, refs, images, CATEGORY, study.batch_size, cache)
         out[mode] = _measured(wall, cpu)
