@@ -136,6 +136,23 @@ def test_a_repeated_build_is_an_independent_copy_with_the_built_fingerprint():
     assert features.fingerprint(load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=8).visual) != built
 
 
+
+def test_a_kept_build_is_copied_tensor_by_tensor_straight_to_the_device(monkeypatch):
+    """No tensor of the kept build goes through a deep copy (on its way to a GPU that would be a
+    second CPU copy): each is copied once, to the device, keeping its kind and requires_grad."""
+    clip_module._BUILT.clear()
+    load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=9)
+    (built,) = clip_module._BUILT.values()
+    deep_copied = []
+    deepcopy = torch.Tensor.__deepcopy__
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", lambda self, memo: deep_copied.append(self.shape) or deepcopy(self, memo))
+    copied = clip_module._independent_copy(built, "cpu")
+    assert deep_copied == []
+    for (name, a), b in zip(built.state_dict(keep_vars=True).items(), copied.state_dict(keep_vars=True).values()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+        assert type(a) is type(b) and a.requires_grad == b.requires_grad, name
+    assert copied.tokenizer is built.tokenizer
+
 def test_a_rewritten_weights_file_is_read_again(tmp_path):
     path = tmp_path / "tiny.pt"
     for seed in (3, 4):

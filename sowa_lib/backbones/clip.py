@@ -459,8 +459,14 @@ def _build(name: str, pretrained: str | None, checkpoint: str | Path | None, wei
 
 def _independent_copy(built: ClipBackbone, device: str | torch.device) -> ClipBackbone:
     """A copy of ``built`` that shares no tensor with it (a method may load weights into its
-    backbone), on ``device``, with ``built``'s weights fingerprints (:func:`features.copy_fingerprint`)."""
-    backbone = copy.deepcopy(built, memo={id(built.tokenizer): built.tokenizer}).to(device)
+    backbone), on ``device``, with ``built``'s weights fingerprints (:func:`features.copy_fingerprint`).
+    Each parameter and buffer is copied straight to ``device`` (no second CPU copy of a ViT-L on its
+    way to a GPU); the rest of the module is deep-copied around them."""
+    memo: dict[int, Any] = {id(built.tokenizer): built.tokenizer}
+    for tensor in (*built.parameters(), *built.buffers()):
+        moved = tensor.detach().to(device, copy=True)
+        memo[id(tensor)] = nn.Parameter(moved, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else moved
+    backbone = copy.deepcopy(built, memo)
     copy_fingerprint(built.visual, backbone.visual)
     copy_fingerprint(built.model, backbone.model, TEXT_TOWER)
     return backbone
