@@ -21,6 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+from sowa_lib.backbones.clip import KEEP_BUILT_ENV
 from sowa_lib.errors import SweepError
 from sowa_lib.features import FEATURE_CACHE_ENV, FEATURE_CACHE_GB_ENV
 from sowa_lib.jobs import Job
@@ -28,8 +29,9 @@ from sowa_lib.progress import tqdm
 
 
 #: Variables that say where the shared datasets, weights and caches are (and how the frozen-feature
-#: cache runs); forwarded to Ray workers.
-SHARED_PATH_VARIABLES = ("DATA_ROOT", "WEIGHTS_DIR", "TORCH_HOME", "HF_HOME", FEATURE_CACHE_ENV, FEATURE_CACHE_GB_ENV)
+#: cache runs and how many backbone builds a process keeps); forwarded to Ray workers.
+SHARED_PATH_VARIABLES = ("DATA_ROOT", "WEIGHTS_DIR", "TORCH_HOME", "HF_HOME", FEATURE_CACHE_ENV, FEATURE_CACHE_GB_ENV,
+                         KEEP_BUILT_ENV)
 #: Set in every worker process: Hugging Face hub (open_clip, timm) and torch hub
 #: (:mod:`sowa_lib.backbones.cnn`) then read their caches and never download.
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1"}

@@ -137,6 +137,22 @@ def test_a_repeated_build_is_an_independent_copy_with_the_built_fingerprint():
 
 
 
+
+def test_keeping_builds_can_be_switched_off(monkeypatch):
+    """SOWA_KEEP_BUILT=0: nothing is kept and each call builds anew (the same weights: a seeded build)."""
+    clip_module._BUILT.clear()
+    monkeypatch.setenv(clip_module.KEEP_BUILT_ENV, "0")
+    first, second = (load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=5) for _ in range(2))
+    assert not clip_module._BUILT
+    assert torch.equal(first.visual.proj, second.visual.proj) and first.visual.proj.data_ptr() != second.visual.proj.data_ptr()
+    monkeypatch.setenv(clip_module.KEEP_BUILT_ENV, "1")
+    load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=5)
+    load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=6)
+    assert len(clip_module._BUILT) == 1
+    monkeypatch.setenv(clip_module.KEEP_BUILT_ENV, "two")
+    with pytest.raises(ValueError, match="SOWA_KEEP_BUILT='two'"):
+        load_clip("tiny-clip", image_size=112, quick_gelu=False, seed=5)
+
 def test_a_kept_build_is_copied_tensor_by_tensor_straight_to_the_device(monkeypatch):
     """No tensor of the kept build goes through a deep copy (on its way to a GPU that would be a
     second CPU copy): each is copied once, to the device, keeping its kind and requires_grad."""

@@ -204,7 +204,8 @@ def test_executor_options_come_from_the_environment(monkeypatch):
     for variable in ("DATA_ROOT", "TORCH_HOME", "HF_HOME"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("WEIGHTS_DIR", "/shared/weights")
-    assert worker_environment() == {"WEIGHTS_DIR": "/shared/weights", "HF_HUB_OFFLINE": "1"}
+    monkeypatch.setenv("SOWA_KEEP_BUILT", "0")
+    assert worker_environment() == {"WEIGHTS_DIR": "/shared/weights", "SOWA_KEEP_BUILT": "0", "HF_HUB_OFFLINE": "1"}
 
 
 def test_jobs_group_runs_by_category(demo_study):

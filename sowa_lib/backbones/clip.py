@@ -409,7 +409,7 @@ def load_clip(
         SOWA and April-GAN pass True, as their loaders round any file they are given. Random
         initialisation (no tag, no checkpoint) is never rounded.
 
-    A process keeps its last :data:`KEEP_BUILT` builds on the CPU, keyed by every argument but
+    A process keeps its last :func:`kept_builds` (2) builds on the CPU, keyed by every argument but
     ``device`` (a file by path, size and modification time), and returns a copy that shares no
     tensor with them: the runner builds a method once per job, and the same backbone again is a
     memory copy instead of a random initialisation (about 6 s for ViT-L on a CPU) or a file read.
@@ -423,20 +423,35 @@ def load_clip(
         weights = resolve_weights(name, pretrained, cache_dir) if pretrained is not None else None
     if torch.get_default_device().type == "meta" or torch.device(device).type == "meta":  # shapes only: nothing to keep
         return _build(name, pretrained, checkpoint, weights, round_fp16, image_size, quick_gelu, seed).to(device)
+    keep = kept_builds()
     key = (name, pretrained, checkpoint is not None, _file_identity(weights), image_size, quick_gelu, seed, round_fp16,
            str(torch.get_default_device()))
     built = _BUILT.pop(key, None)
     if built is None:
         built = _build(name, pretrained, checkpoint, weights, round_fp16, image_size, quick_gelu, seed)
     _BUILT[key] = built  # most recently used last
-    while len(_BUILT) > KEEP_BUILT:
+    while len(_BUILT) > keep:
         _BUILT.popitem(last=False)
-    return _independent_copy(built, device)
+    return _independent_copy(built, device) if key in _BUILT else built.to(device)
 
 
-#: How many built backbones one process keeps, on the CPU, to copy from (:func:`load_clip`): the
-#: runner builds a method once per job, and a random ViT-L's initialisation alone takes ~6 s on a CPU.
+#: How many built backbones one process keeps, on the CPU, to copy from (:func:`load_clip`), unless
+#: :data:`KEEP_BUILT_ENV` says otherwise: the runner builds a method once per job, and a random
+#: ViT-L's initialisation alone takes ~6 s on a CPU.
 KEEP_BUILT = 2
+#: Environment variable overriding :data:`KEEP_BUILT` (``0``: keep nothing, every call builds; for a
+#: machine short of RAM, since a kept ViT-L is 1.7 GB).
+KEEP_BUILT_ENV = "SOWA_KEEP_BUILT"
+
+
+def kept_builds() -> int:
+    """How many builds :func:`load_clip` keeps now (:data:`KEEP_BUILT_ENV`, else :data:`KEEP_BUILT`)."""
+    value = os.environ.get(KEEP_BUILT_ENV, "").strip()
+    if not value:
+        return KEEP_BUILT
+    if not value.isdigit():
+        raise ValueError(f"{KEEP_BUILT_ENV}={value!r}: give how many built backbones to keep, e.g. 0 or 2")
+    return int(value)
 _BUILT: "OrderedDict[tuple, ClipBackbone]" = OrderedDict()
 
 
