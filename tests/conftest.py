@@ -1,10 +1,15 @@
 """Shared fixtures: the demo benchmark, generated once per test session."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -35,3 +40,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], ModuleType]:
+    """Import a script of the repository by its path: ``load_script("benchmarks/gpu.py")``."""
+
+    def load(relative: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(Path(relative).stem, REPO / relative)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -269,12 +269,8 @@ def test_executors_write_identical_result_files(single_thread_reference, demo_da
     assert all(not math.isnan(v) for r in written.values() for v in r["metrics"].values() if v is not None)
 
 
-def test_paper_profile_refuses_to_start_without_data(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("reproduce", Path(__file__).parent.parent / "notebooks" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
+def test_paper_profile_refuses_to_start_without_data(tmp_path, capsys, load_script):
+    reproduce = load_script("notebooks/reproduce.py")
     assert reproduce.main(["--profile", "paper", "--data-root", str(tmp_path / "nothing")]) == 2
     message = capsys.readouterr().err
     assert "cannot start" in message and "make data DATASETS=mvtec" in message and str(tmp_path / "nothing" / "mvtec") in message

@@ -2,24 +2,16 @@
 configuration), and without a GPU it says so and exits with its own status."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from sowa_lib import runs
 from sowa_lib.evaluate import Plan
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
-
 
 @pytest.fixture(scope="module")
-def gpu_benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gpu_benchmark(load_script):
+    return load_script("benchmarks/gpu.py")
 
 
 def test_entries_are_stored_as_efficiency_runs(gpu_benchmark, demo_study):

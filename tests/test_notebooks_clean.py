@@ -97,16 +97,12 @@ def test_progress_mode_is_checked(monkeypatch) -> None:
     assert stream.getvalue() == ""
 
 
-def test_reproduce_starts_kernels_with_transport_encryption() -> None:
+def test_reproduce_starts_kernels_with_transport_encryption(load_script) -> None:
     """ipykernel warns "Kernel is running over TCP without encryption" unless the kernel manager
     provisions CurveZMQ keys; notebooks/reproduce.py asks for them wherever pyzmq supports CURVE."""
-    import importlib.util
-
     import zmq
 
-    spec = importlib.util.spec_from_file_location("reproduce", REPO_ROOT / "notebooks" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
+    reproduce = load_script("notebooks/reproduce.py")
     options = reproduce.kernel_options()
     if zmq.has("curve"):
         assert options["config"]["KernelManager"]["transport_encryption"] == "auto"

@@ -2,24 +2,17 @@
 (encoder, image) pairs it counts from the data, and it prints what the README quotes from it."""
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
 from sowa_lib import features
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep.py"
-
 
 @pytest.fixture(scope="module")
-def sweep_benchmark():
-    spec = importlib.util.spec_from_file_location("sweep_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sweep_benchmark(load_script):
+    return load_script("benchmarks/sweep.py")
 
 
 @pytest.mark.slow
