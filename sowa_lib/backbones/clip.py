@@ -452,6 +452,8 @@ def kept_builds() -> int:
     if not value.isdigit():
         raise ValueError(f"{KEEP_BUILT_ENV}={value!r}: give how many built backbones to keep, e.g. 0 or 2")
     return int(value)
+
+
 _BUILT: "OrderedDict[tuple, ClipBackbone]" = OrderedDict()
 
 
