@@ -79,7 +79,8 @@ class FeatureStats:
     cache, both per operation label (``"<library>.<backbone class>/<operation>"``). ``seconds`` is
     the wall time the frozen encoders ran per label (prompt lists: ``".../prompts"``), counted for
     every computation that :func:`frozen_features` and :func:`frozen_prompts` make, within an
-    :func:`active` context or not: all that any cache of frozen encodings could save."""
+    :func:`active` context or not, with gradients or without: more than any cache of frozen
+    encodings could save (it cannot serve an encoding of a freshly perturbed image, for one)."""
 
     encoded: Counter = field(default_factory=Counter)
     served: Counter = field(default_factory=Counter)
