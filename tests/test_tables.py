@@ -271,6 +271,29 @@ def test_build_all_writes_every_table_in_its_layout(tmp_path) -> None:
     assert (summary[["within", "outside"]] == 0).all().all() and set(summary["profile"]) == {"demo"}
 
 
+
+def test_each_grouping_of_the_seeds_is_computed_once_and_forgotten_with_them(tmp_path, monkeypatch, zero_shot_mvtec) -> None:
+    """build_all asks the per-seed statistics of the same few groupings for every table: each is
+    computed once (one groupby over the seeds each), equal to a fresh computation, and the memo of a
+    frame goes with the frame."""
+    groupings = []
+    groupby = pd.DataFrame.groupby
+    monkeypatch.setattr(pd.DataFrame, "groupby", lambda self, by, **kw: groupings.append(by) or groupby(self, by, **kw))
+    tables.build_all(zero_shot_mvtec, "paper", tmp_path)
+    named = [tuple(by) for by in groupings if isinstance(by, list) and all(isinstance(b, str) for b in by)]
+    per_seed = [by for by in named if by[-1] == "seed"]
+    assert per_seed and len(per_seed) == len(set(per_seed))
+    seeds = tables._seed_level(zero_shot_mvtec, "paper")
+    keys = ["dataset", "category", "method", "variant", "setting", "shots", "metric"]
+    first = tables._over_seeds(seeds, keys)
+    first["reproduced"] = 0.0  # a caller's change never reaches the memo
+    again = tables._over_seeds(seeds, keys)
+    assert again["reproduced"].gt(0).all() and id(seeds) in tables._SEED_STATS
+    assert again.equals(tables._over_seeds(seeds.copy(), keys))
+    key = id(seeds)
+    del seeds
+    assert key not in tables._SEED_STATS
+
 def _own_results() -> pd.DataFrame:
     """demo_a's four categories (two distinct values) x two seeds of a default and a variant run (image AUROC only)."""
     values = {("default", 0): (0.70, 0.90), ("default", 1): (0.80, 0.90), ("window=8", 0): (0.60, 0.80), ("window=8", 1): (0.70, 0.80)}
