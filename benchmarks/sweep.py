@@ -33,7 +33,6 @@ from sowa_lib import features
 from sowa_lib.backbones.clip import ClipBackbone
 from sowa_lib.backbones.cnn import TappedCNN
 from sowa_lib.backbones.dino import DinoBackbone
-from sowa_lib.data.references import draw_references
 from sowa_lib.data.sample import Sample
 from sowa_lib.data.transforms import load_images
 from sowa_lib.evaluate import Plan, _SampleCache, predict_with_references, references, run_plan
@@ -69,6 +68,13 @@ def distinct_pairs(method: AnomalyMethod, test: list[Sample], draws: list[list[S
     return {(encoder_key(method), features._tensor_hash(x)) for x in images}
 
 
+def drawn_references(method: AnomalyMethod, samples: _SampleCache, shots: list[int], seeds: list[int]) -> list[list[Sample]]:
+    """The category's K-shot references of every (K, seed), drawn as the runner draws them for ``method``
+    (its configuration's sampling law)."""
+    replacement = method.draws_references_with_replacement(method.config())
+    return [references(samples, DATASET, CATEGORY, k, s, replacement) for k in shots for s in seeds]
+
+
 def demo_sweep(study, names: list[str], shots: list[int], seeds: list[int]) -> dict[str, Any]:
     """Both modes of the runner's sweep; returns the per-mode measurements and the distinct count."""
     plans = [Plan(m, "few_shot", (DATASET,), shots=tuple(shots), seeds=tuple(seeds), categories=(CATEGORY,)) for m in names]
@@ -92,8 +98,7 @@ def demo_sweep(study, names: list[str], shots: list[int], seeds: list[int]) -> d
     pairs: set = set()
     for name in names:
         method = build(name, profile="demo")
-        replacement = type(method).draws_references_with_replacement(method.config())
-        pairs |= distinct_pairs(method, test, [references(samples, DATASET, CATEGORY, k, s, replacement) for k in shots for s in seeds])
+        pairs |= distinct_pairs(method, test, drawn_references(method, samples, shots, seeds))
     out["distinct"] = len(pairs)
     return out
 
@@ -102,10 +107,10 @@ def paper_sweep(study, names: list[str], shots: list[int], seeds: list[int], n_i
     """Both modes at paper shape (random weights), each (K, seed) run driven as the runner drives it;
     AGPNet (multi-class) predicts without references in each run."""
     samples = _SampleCache(study)
-    test, pool = samples.samples(DATASET, CATEGORY, "test")[:n_images], samples.samples(DATASET, CATEGORY, "train")
+    test = samples.samples(DATASET, CATEGORY, "test")[:n_images]
     built = {m: build(m, profile="paper", pretrained=None, **PAPER_OPTIONS.get(m, {})).eval() for m in names}
-    draws = {m: [[] if m in PAPER_OPTIONS else draw_references(pool, k, s, replacement=type(method).draws_references_with_replacement(method.config()))
-                 for k in shots for s in seeds] for m, method in built.items()}
+    draws = {m: [[] for _ in shots for _ in seeds] if m in PAPER_OPTIONS else drawn_references(method, samples, shots, seeds)
+             for m, method in built.items()}
     out: dict[str, Any] = {}
     for mode in ("off", "memory"):
         cache = features.FeatureCache() if mode == "memory" else None

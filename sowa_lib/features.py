@@ -107,8 +107,10 @@ def _write_stats(folder: Path) -> None:
     (folder / f"{os.getpid()}.json").write_text(json.dumps(STATS.as_dict()))
 
 
-if os.environ.get(FEATURE_STATS_ENV):
-    atexit.register(_write_stats, Path(os.environ[FEATURE_STATS_ENV]))
+#: Where this process writes its :data:`STATS` at exit (:data:`FEATURE_STATS_ENV`), or None.
+_STATS_FOLDER = os.environ.get(FEATURE_STATS_ENV) or None
+if _STATS_FOLDER:
+    atexit.register(_write_stats, Path(_STATS_FOLDER))
 
 
 def read_stats(folder: Path) -> FeatureStats:
@@ -271,7 +273,7 @@ def frozen_features(
     ``compute(images, parts)``.
     """
     context = _CONTEXT
-    label = f"{type(owner).__module__.split('.')[0]}.{type(owner).__name__}/{operation}"
+    label = _label(owner, operation)
     if context is None or torch.is_grad_enabled():
         return _timed(label, compute, images, parts)
     if context.per_image and len(images) > 1:
@@ -310,7 +312,7 @@ def frozen_prompts(owner: nn.Module, tower: tuple[str, ...], token_ids: torch.Te
     goes through ViT-L's text tower once per plan and category: 17 s on two CPU cores (measured).
     """
     context = _CONTEXT
-    label = f"{type(owner).__module__.split('.')[0]}.{type(owner).__name__}/prompts"
+    label = _label(owner, "prompts")
     if context is None or torch.is_grad_enabled():
         return _timed(label, compute, token_ids)
     if context.cache is None or _has_hooks(owner):
@@ -325,10 +327,15 @@ def frozen_prompts(owner: nn.Module, tower: tuple[str, ...], token_ids: torch.Te
     return value
 
 
+def _label(owner: nn.Module, operation: Hashable) -> str:
+    """The :data:`STATS` label of an operation: ``"<library>.<backbone class>/<operation>"``."""
+    return f"{type(owner).__module__.split('.')[0]}.{type(owner).__name__}/{operation}"
+
+
 def _timed(label: str, compute: Callable, *inputs: object) -> object:
     """``compute(*inputs)``, its wall time added to :data:`STATS` ``.seconds[label]`` (on CUDA, between
     two synchronisations when :data:`FEATURE_STATS_ENV` asks for the timings)."""
-    synchronise = bool(os.environ.get(FEATURE_STATS_ENV)) and torch.cuda.is_available()
+    synchronise = _STATS_FOLDER is not None and torch.cuda.is_available()
     if synchronise:
         torch.cuda.synchronize()
     start = perf_counter()
